@@ -1,0 +1,3 @@
+from tcpscapy.cli import main
+
+main()

@@ -1,0 +1,16 @@
+"""The `tcpscapy` command: parse arguments, call tcpscapy.io, print. No protocol logic."""
+
+from __future__ import annotations
+
+import click
+
+from tcpscapy import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tcpscapy")
+def main() -> None:
+    """See and steer TCP segment by segment, from a user-space TCP endpoint."""
+
+
+# Subcommands register here, one line each.

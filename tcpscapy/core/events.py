@@ -1,0 +1,52 @@
+"""What a connection tells its application, as frozen values (h11 style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .state import State
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(Event):
+    old: State
+    new: State
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Event):
+    """The handshake completed: the connection is ESTABLISHED (or later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed(Event):
+    """The peer's FIN arrived: no more data will come (it may still read ours)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendSpace(Event):
+    """Room appeared in the send buffer after it was full."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Event):
+    """The connection was reset by the peer (or refused, when still in SYN-SENT)."""
+
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Closed(Event):
+    """The connection reached CLOSED; `reason` says why in words."""
+
+    reason: str

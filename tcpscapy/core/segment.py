@@ -1,0 +1,58 @@
+"""The TCP segment as the engine sees it: a small frozen value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .options import NO_OPTIONS, Options
+
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+_FLAG_LETTERS = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"), (ACK, "A"), (URG, "U"),
+                 (ECE, "E"), (CWR, "C"))
+
+
+def flag_str(flags: int) -> str:
+    """Scapy's notation: 'S', 'SA', 'FA', 'PA', 'R', '' for none."""
+    return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
+
+
+def parse_flags(text: str) -> int:
+    """Inverse of flag_str: 'SA' -> SYN|ACK."""
+    bits = {letter: bit for bit, letter in _FLAG_LETTERS}
+    try:
+        return sum(bits[ch] for ch in set(text.upper()))
+    except KeyError as exc:
+        raise ValueError(f"unknown TCP flag {exc.args[0]!r} in {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    options: Options = NO_OPTIONS
+    payload: bytes = b""
+    urgent: int = 0
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space the segment occupies: data plus one each for SYN and FIN."""
+        return len(self.payload) + (self.flags & SYN and 1) + (self.flags & FIN and 1)
+
+    def has(self, flags: int) -> bool:
+        return self.flags & flags == flags
+
+    def replace(self, **changes: object) -> Segment:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        text = (f"{self.src}:{self.sport} > {self.dst}:{self.dport} [{flag_str(self.flags)}] "
+                f"seq={self.seq} ack={self.ack} win={self.window}")
+        if self.payload:
+            text += f" len={len(self.payload)}"
+        return text
