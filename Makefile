@@ -2,7 +2,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT    := iptables libnetfilter-queue-dev iproute2 curl kmod
+APT    := iptables libnetfilter-queue-dev iproute2 curl kmod ethtool
 
 .PHONY: test demo bench lint deps clean
 
