@@ -1,0 +1,142 @@
+"""`tcpscapy lab`: build, inspect, use and remove the namespace topology (tcpscapy.lab)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from tcpscapy.lab import BRIDGE, HOSTS, Lab, LabError, LabNeedsRoot, LabUsageError
+
+EXIT_LAB_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NEEDS_ROOT = 4
+
+_EXIT_CODES = f"""
+Exit codes: 0 ok, {EXIT_LAB_ERROR} lab operation failed, {EXIT_USAGE} bad usage (unknown host,
+bad prefix), {EXIT_NEEDS_ROOT} needs root. `exec` returns the command's own exit code.
+"""
+
+T = TypeVar("T")
+
+prefix_option = click.option(
+    "--prefix", default="tcpscapy", show_default=True,
+    help="Namespace name prefix: namespaces are PREFIX-client, -server, -attacker, -sw.",
+)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"tcpscapy lab: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run a lab action, turning its errors into a one-line message and an exit code."""
+    try:
+        return action()
+    except LabNeedsRoot as e:
+        _fail(str(e), EXIT_NEEDS_ROOT)
+    except LabUsageError as e:
+        _fail(str(e), EXIT_USAGE)
+    except LabError as e:
+        _fail(str(e), EXIT_LAB_ERROR)
+
+
+def _make_lab(prefix: str) -> Lab:
+    return _guard(lambda: Lab(prefix))
+
+
+def _parse_sysctl(spec: str) -> tuple[str, str, str]:
+    host, sep, rest = spec.partition(":")
+    key, eq, value = rest.partition("=")
+    if not (sep and eq and key):
+        _fail(f"bad --sysctl {spec!r}: expected HOST:KEY=VALUE", EXIT_USAGE)
+    if host not in HOSTS:
+        _fail(f"bad --sysctl {spec!r}: unknown host {host!r} ({', '.join(HOSTS)})", EXIT_USAGE)
+    return host, key, value
+
+
+@click.group(epilog=_EXIT_CODES)
+def lab() -> None:
+    """Network-namespace lab: hosts client (10.77.0.1), server (10.77.0.2) and attacker
+    (10.77.0.3) on one bridged link. Needs root."""
+
+
+@lab.command(epilog=_EXIT_CODES)
+@prefix_option
+@click.option(
+    "--sysctl", "sysctls", multiple=True, metavar="HOST:KEY=VALUE",
+    help="Per-host net.* sysctl, e.g. server:net.ipv4.tcp_syncookies=2. Repeatable.",
+)
+def up(prefix: str, sysctls: tuple[str, ...]) -> None:
+    """Create the lab, or repair an existing one, then apply sysctls."""
+    the_lab = _make_lab(prefix)
+    parsed = [_parse_sysctl(s) for s in sysctls]
+    _guard(lambda: the_lab.up(parsed))
+    _print_status(_guard(the_lab.status))
+
+
+@lab.command(epilog=_EXIT_CODES)
+@prefix_option
+def down(prefix: str) -> None:
+    """Remove every namespace of the lab (nothing to do if it is not there)."""
+    the_lab = _make_lab(prefix)
+    existed = _guard(the_lab.exists)
+    _guard(the_lab.down)
+    click.echo(f"lab {prefix}: {'removed' if existed else 'nothing to remove'}")
+
+
+@lab.command(epilog=_EXIT_CODES)
+@prefix_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(prefix: str, as_json: bool) -> None:
+    """Show hosts, namespaces, addresses and whether each part is up."""
+    info = _guard(_make_lab(prefix).status)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        _print_status(info)
+
+
+@lab.command(
+    "exec",
+    epilog=_EXIT_CODES,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@prefix_option
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a host's namespace.
+
+    \b
+    Example: tcpscapy lab exec server -- ss -tln
+    """
+    if host not in HOSTS:
+        _fail(f"unknown host {host!r}: choose one of {', '.join(HOSTS)}", EXIT_USAGE)
+    # Options stop at HOST, so click hands us the `--` separator as part of the command.
+    argv = list(command[1:] if command[0] == "--" else command)
+    if not argv:
+        _fail("no command given: tcpscapy lab exec HOST -- CMD...", EXIT_USAGE)
+    the_lab = _make_lab(prefix)
+    result = _guard(lambda: the_lab.run(host, argv, check=False))
+    sys.exit(result.returncode)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    click.echo(f"lab {info['prefix']}: {info['state']}")
+    sw = info["switch"]
+    sw_state = "up" if sw["bridge_up"] else "present" if sw["present"] else "absent"
+    click.echo(f"  {'switch':<9} {sw['namespace']:<28} {'bridge ' + BRIDGE:<20} {sw_state}")
+    for host, h in info["hosts"].items():
+        if not h["present"]:
+            state = "absent"
+        elif h["link_up"] and h["has_address"]:
+            state = "up"
+        else:
+            state = "down" if not h["link_up"] else "no address"
+        where = f"{h['interface']} {h['address']}"
+        click.echo(f"  {host:<9} {h['namespace']:<28} {where:<20} {state}")
