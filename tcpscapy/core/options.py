@@ -38,6 +38,11 @@ class Options:
     def __bool__(self) -> bool:
         return self != NO_OPTIONS
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__
+                          if getattr(self, name) != getattr(NO_OPTIONS, name))
+        return f"Options({shown})"
+
 
 NO_OPTIONS = Options()
 

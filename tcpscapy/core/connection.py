@@ -1,0 +1,680 @@
+"""One TCP connection: the transmission control block and its state machine.
+
+Inputs are segments (`receive`), application calls (`connect`, `send`,
+`shutdown`, `close`, `abort`, `data_consumed`) and time (`handle_timer`);
+outputs are segments (`segments_to_send`), events (`next_event`) and the
+earliest deadline (`get_timer`). `receive` follows RFC 9293 §3.10.7 step by
+step; the step numbers in comments are the RFC's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import events as ev
+from .config import Config
+from .errors import LocalProtocolError
+from .isn import initial_sequence_number, timestamp_offset
+from .options import NO_OPTIONS, Options
+from .reassembly import Reassembly
+from .rtt import RttEstimator
+from .segment import ACK, FIN, PSH, RST, SYN, Segment
+from .sendbuf import SendBuffer
+from .seq import MASK, between, in_window, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
+from .state import State
+
+if TYPE_CHECKING:
+    from .stack import Listener
+
+DEFAULT_MSS = 536  # RFC 9293 MUST-15: assumed when the peer sends no MSS option
+MAX_WSCALE = 14  # RFC 7323 §2.3
+SYNCHRONIZED_SENDING = frozenset(
+    {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
+)
+
+
+class Connection:
+    """A TCP connection between `local` and `remote` (each (ip, port))."""
+
+    def __init__(self, local: tuple[str, int], remote: tuple[str, int],
+                 config: Config | None = None) -> None:
+        self.local = local
+        self.remote = remote
+        self.config = cfg = config or Config()
+        self._state = State.CLOSED
+        self._events: deque[ev.Event] = deque()
+        self._out: list[Segment] = []
+        self.passive = False  # opened from LISTEN (matters for RST in SYN-RECEIVED)
+        self.listener: Listener | None = None  # the listener that spawned us, until accepted
+        self.close_reason = ""
+        # Send sequence space (RFC 9293 §3.3.1).
+        self.iss = 0
+        self.snd_una = self.snd_nxt = self.snd_max = 0
+        self.snd_wnd = self.max_snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.snd_mss = DEFAULT_MSS
+        self.snd_wscale = 0
+        self._sendbuf = SendBuffer(0, cfg.send_buffer)
+        self._fin_queued = False
+        self._fin_seq: int | None = None  # set once the FIN's place is fixed
+        self._send_blocked = False  # the app found the buffer full: tell it when there is room
+        # Receive sequence space.
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0  # right edge of the window we last advertised
+        self.rcv_wscale = 0
+        self._unread = 0  # delivered to the app, not yet consumed: still occupies the window
+        self._reassembly = Reassembly()
+        self._fin_rcvd_seq: int | None = None  # a FIN seen ahead of a hole
+        self._app_closed = False  # close(): data that still arrives is discarded
+        # Negotiated options.
+        self.ws_ok = False
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ts_recent = 0
+        self._ts_offset = 0
+        self._last_ack_sent = 0
+        # Acknowledgement policy.
+        self._ack_now = False
+        self._ack_due: float | None = None
+        self._unacked_bytes = 0
+        # Retransmission and congestion control (RFC 6298, RFC 5681).
+        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self._rto_due: float | None = None
+        self._retries = 0
+        self._rtt_seq: int | None = None  # Karn: the segment being timed, if not retransmitted
+        self._rtt_sent_at = 0.0
+        self.cwnd = 0
+        self.ssthresh = 1 << 30
+        # TIME-WAIT and challenge-ACK throttling.
+        self._time_wait_due: float | None = None
+        self._challenge_window = -1
+        self._challenge_count = 0
+        self._now = 0.0  # the latest `now` handed in, for timestamps on segments we build
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _set_state(self, new: State) -> None:
+        old, self._state = self._state, new
+        if old is new:
+            return
+        self._events.append(ev.StateChanged(old, new))
+        if new is State.ESTABLISHED and old in (State.SYN_SENT, State.SYN_RECEIVED):
+            self._events.append(ev.Connected())
+
+    def _close(self, reason: str) -> None:
+        if self._state is State.CLOSED:
+            return
+        self._set_state(State.CLOSED)
+        self.close_reason = reason
+        self._rto_due = self._ack_due = self._time_wait_due = None
+        self._events.append(ev.Closed(reason))
+
+    def next_event(self) -> ev.Event | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def send_space(self) -> int:
+        """Bytes the application may still queue with send()."""
+        return self._sendbuf.space if self._state is not State.CLOSED else 0
+
+    # ------------------------------------------------------- application calls
+
+    def connect(self, now: float, *, data: bytes = b"") -> None:
+        """Active open: send a SYN (RFC 9293 §3.10.1). `data` is queued for after it."""
+        if self._state is not State.CLOSED or self.close_reason:
+            raise LocalProtocolError(f"connect() needs a fresh connection, not {self._state}")
+        self._now = now
+        self._choose_isn(now)
+        self.rcv_wscale = self._our_wscale()
+        if data:
+            self._sendbuf.append(data)
+        self._set_state(State.SYN_SENT)
+        self._send_syn(now)
+
+    def accept_syn(self, syn: Segment, now: float) -> None:
+        """Passive open from LISTEN: take the peer's SYN and answer with SYN-ACK."""
+        if self._state is not State.CLOSED:
+            raise LocalProtocolError("accept_syn() needs a fresh connection")
+        self._now = now
+        self.passive = True
+        self._choose_isn(now)
+        self.irs = syn.seq
+        self.rcv_nxt = seq_add(syn.seq, 1)  # data in a plain SYN is not accepted
+        self._negotiate(syn.options)
+        self._take_window(syn, scaled=False)
+        self._set_state(State.SYN_RECEIVED)
+        self._send_syn(now)
+
+    def send(self, data: bytes) -> int:
+        """Queue data; returns how many bytes fit in the send buffer (maybe 0)."""
+        if self._fin_queued or self._state in (State.CLOSED, State.LISTEN) or \
+                not (self._state.can_send or self._state in (State.SYN_SENT, State.SYN_RECEIVED)):
+            raise LocalProtocolError(f"cannot send in {self._state}"
+                                     + (" after shutdown" if self._fin_queued else ""))
+        taken = self._sendbuf.append(data)
+        if taken < len(data):
+            self._send_blocked = True
+        return taken
+
+    def shutdown(self) -> None:
+        """Half-close: FIN after the queued data; we can still receive (RFC 9293 CLOSE)."""
+        if self._state in (State.CLOSED, State.LISTEN):
+            raise LocalProtocolError(f"cannot shut down a connection in {self._state}")
+        if self._fin_queued:
+            return
+        self._fin_queued = True
+        if self._state is State.ESTABLISHED:
+            self._set_state(State.FIN_WAIT_1)
+        elif self._state is State.CLOSE_WAIT:
+            self._set_state(State.LAST_ACK)
+        # SYN-SENT / SYN-RECEIVED: the FIN waits for ESTABLISHED (see _enter_established).
+
+    def close(self) -> None:
+        """Full close: shutdown, and discard whatever data still arrives."""
+        if self._state is State.SYN_SENT:  # RFC 9293 §3.10.4: delete the TCB
+            self._close("closed by the application before the handshake completed")
+            return
+        if self._state is State.CLOSED:
+            return
+        self._app_closed = True
+        self.shutdown()
+
+    def abort(self) -> None:
+        """Send RST if the peer knows us, and drop the connection (RFC 9293 ABORT)."""
+        if self._state in (State.SYN_RECEIVED, *SYNCHRONIZED_SENDING, State.FIN_WAIT_2):
+            self._out.append(self._make(RST, self.snd_nxt, ack=False))
+        self._close("aborted by the application")
+
+    def data_consumed(self, nbytes: int) -> None:
+        """The application read `nbytes` of delivered data: reopen that much window."""
+        before = self._window_to_advertise()
+        self._unread = max(self._unread - nbytes, 0)
+        # Tell the peer once the window grew enough to matter (MUST-39), or reopened.
+        grown = self._window_to_advertise() - before
+        worth_telling = min(self.config.recv_buffer // 2, self._rcv_mss())
+        if grown > 0 and (before == 0 or grown >= worth_telling):
+            self._ack_now = True
+
+    # ---------------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        due = [t for t in (self._rto_due, self._ack_due, self._time_wait_due) if t is not None]
+        return min(due) if due else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self._time_wait_due is not None and now >= self._time_wait_due:
+            self._close("TIME-WAIT ended")
+            return
+        if self._ack_due is not None and now >= self._ack_due:
+            self._ack_now = True
+            self._ack_due = None
+        if self._rto_due is not None and now >= self._rto_due:
+            self._rto_due = None
+            self._on_retransmission_timeout(now)
+
+    def _on_retransmission_timeout(self, now: float) -> None:
+        state = self._state
+        limit = {State.SYN_SENT: self.config.syn_retries,
+                 State.SYN_RECEIVED: self.config.synack_retries}.get(state, self.config.retries)
+        if self._retries >= limit:
+            what = {State.SYN_SENT: "connection timed out: no answer to the SYN",
+                    State.SYN_RECEIVED: "handshake timed out: no ACK for the SYN-ACK"}.get(
+                state, "connection timed out: data not acknowledged")
+            self._close(f"{what} after {self._retries} retransmissions")
+            return
+        self._retries += 1
+        self.rtt.back_off()
+        self._rtt_seq = None  # Karn: no sample from a retransmitted segment
+        if state in (State.SYN_SENT, State.SYN_RECEIVED):
+            self._send_syn(now, retransmission=True)
+            return
+        # RFC 5681 (4): collapse to one segment and resend from SND.UNA (go-back-N).
+        flight = seq_diff(self.snd_max, self.snd_una)
+        self.ssthresh = max(flight // 2, 2 * self.snd_mss)
+        self.cwnd = self.snd_mss
+        self.snd_nxt = self.snd_una
+
+    # ------------------------------------------------------------- receiving
+
+    def receive(self, seg: Segment, now: float) -> None:
+        """Process one inbound segment for this connection (RFC 9293 §3.10.7)."""
+        self._now = now
+        state = self._state
+        if state is State.CLOSED:
+            return  # the stack answers segments for no connection
+        if state is State.SYN_SENT:
+            self._receive_in_syn_sent(seg, now)
+            return
+        if state is State.SYN_RECEIVED and seg.flags & (SYN | ACK | RST) == SYN \
+                and seg.seq == self.irs:
+            self._send_syn(now, retransmission=True)  # the peer did not hear our SYN-ACK
+            return
+        self._receive_synchronized(seg, now)
+
+    def _receive_in_syn_sent(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        # first: an ACK for something we never sent is answered <SEQ=SEG.ACK><CTL=RST>.
+        if flags & ACK and (seq_le(seg.ack, self.iss) or seq_gt(seg.ack, self.snd_max)):
+            if not flags & RST:
+                self._out.append(self._make(RST, seg.ack, ack=False))
+            return
+        if flags & RST:  # second
+            if flags & ACK:  # RFC 5961 §3.2: only an RST that acks our SYN counts
+                self._events.append(ev.Reset(refused=True))
+                self._close("connection refused: the peer answered the SYN with RST")
+            return
+        if not flags & SYN:  # fifth: neither SYN nor RST
+            return
+        # fourth: SYN (with or without an acceptable ACK).
+        self.irs = seg.seq
+        self.rcv_nxt = seq_add(seg.seq, 1)
+        self._negotiate(seg.options)
+        if flags & ACK:
+            self._take_window(seg, scaled=False)
+            self._ack_advance(seg, now)
+            self._enter_established()
+            self._ack_now = True
+            if seg.payload or flags & FIN:  # continue at the sixth step
+                self._process_text_and_fin(seg.replace(seq=self.rcv_nxt, flags=flags & ~SYN), now)
+        else:  # simultaneous open (MUST-10): answer with SYN-ACK on our ISN
+            self._take_window(seg, scaled=False)
+            self._set_state(State.SYN_RECEIVED)
+            self._retries = 0
+            self._send_syn(now, retransmission=True)
+
+    def _receive_synchronized(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        # Simultaneous open: the peer's SYN-ACK completes our SYN-RECEIVED (MUST-11).
+        simultaneous_synack = (self._state is State.SYN_RECEIVED and not self.passive
+                               and flags & (SYN | ACK | RST) == SYN | ACK
+                               and seq_add(seg.seq, 1) == self.rcv_nxt and seg.ack == self.snd_max)
+        if simultaneous_synack:
+            seg = seg.replace(seq=self.rcv_nxt, flags=flags & ~SYN)
+            flags = seg.flags
+        # PAWS (RFC 7323 §5): an old timestamp marks an old duplicate.
+        ts = seg.options.timestamps if self.ts_ok else None
+        if ts is not None and not flags & RST and seq_lt(ts[0], self.ts_recent):
+            self._send_ack_now()
+            return
+        # first: sequence acceptability, then trim to the window.
+        seg = self._trim_to_window(seg)
+        if seg is None:
+            if not flags & RST:
+                if self._state is State.TIME_WAIT and flags & FIN:
+                    self._enter_time_wait(now)  # the peer's FIN again: restart 2 MSL
+                self._send_ack_now()
+            return
+        if ts is not None and seq_ge(ts[0], self.ts_recent) \
+                and seq_le(seg.seq, self._last_ack_sent):
+            self.ts_recent = ts[0]  # RFC 7323 §4.3
+        # second: RST, RFC 5961 §3.2: only an exact match resets; in-window gets a challenge ACK.
+        if flags & RST:
+            if seg.seq != self.rcv_nxt:
+                self._challenge_ack(now)
+            elif self._state is State.SYN_RECEIVED and self.passive:
+                self._close("reset by the peer during the handshake")  # back to LISTEN
+            elif self._state is State.SYN_RECEIVED:
+                self._events.append(ev.Reset(refused=True))
+                self._close("connection refused: the peer reset the simultaneous open")
+            else:
+                self._on_reset()
+            return
+        # fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 §4).
+        if flags & SYN:
+            self._challenge_ack(now)
+            return
+        # fifth: the ACK field.
+        if not flags & ACK:
+            return
+        if not self._process_ack(seg, now):
+            return
+        if self._state is State.CLOSED:
+            return
+        # sixth to eighth: URG is ignored; text; FIN.
+        self._process_text_and_fin(seg, now)
+
+    def _trim_to_window(self, seg: Segment) -> Segment | None:
+        """RFC 9293's acceptability table; returns the part inside the window, or None."""
+        wnd = max(seq_diff(self.rcv_adv, self.rcv_nxt), 0)
+        seg_len = seg.seg_len
+        seq = seg.seq
+        if seg_len == 0:
+            ok = seq == self.rcv_nxt if wnd == 0 else in_window(seq, self.rcv_nxt, wnd)
+            return seg if ok else None
+        last = seq_add(seq, seg_len - 1)
+        if wnd == 0:
+            # A zero window still takes ACKs and RSTs at RCV.NXT (§3.10.7.4, note on RCV.WND).
+            if seq == self.rcv_nxt or (seq_lt(seq, self.rcv_nxt) and seq_ge(last, self.rcv_nxt)):
+                self._ack_now = True
+                return seg.replace(seq=self.rcv_nxt, payload=b"", flags=seg.flags & ~(SYN | FIN))
+            return None
+        if not (in_window(seq, self.rcv_nxt, wnd) or in_window(last, self.rcv_nxt, wnd)):
+            return None
+        flags, payload = seg.flags, seg.payload
+        head = seq_diff(self.rcv_nxt, seq)
+        if head > 0:  # drop what we already have
+            if flags & SYN:
+                flags &= ~SYN
+                head -= 1
+                seq = seq_add(seq, 1)
+            payload = payload[head:]
+            seq = seq_add(seq, head)
+        room = seq_diff(seq_add(self.rcv_nxt, wnd), seq)
+        if len(payload) + (1 if flags & FIN else 0) > room:  # beyond the right edge
+            payload = payload[:room]
+            flags &= ~FIN
+            self._ack_now = True
+        if seq == seg.seq and payload is seg.payload and flags == seg.flags:
+            return seg
+        return seg.replace(seq=seq, payload=payload, flags=flags)
+
+    def _process_ack(self, seg: Segment, now: float) -> bool:
+        """Fifth step. Returns False when the segment must go no further."""
+        ack = seg.ack
+        if self._state is State.SYN_RECEIVED:
+            if not (seq_lt(self.snd_una, ack) and seq_le(ack, self.snd_max)):
+                self._out.append(self._make(RST, ack, ack=False))
+                return False
+            self._take_window(seg, scaled=True)
+            self._enter_established()
+        # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped.
+        if seq_gt(ack, self.snd_max) or seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
+            self._send_ack_now()
+            return False
+        if seq_gt(ack, self.snd_una):
+            self._ack_advance(seg, now)
+        if between(self.snd_una, ack, self.snd_max) and (
+                seq_lt(self.snd_wl1, seg.seq)
+                or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))):
+            self._take_window(seg, scaled=True)
+        fin_acked = self._fin_seq is not None and seq_gt(self.snd_una, self._fin_seq)
+        state = self._state
+        if fin_acked:
+            if state is State.FIN_WAIT_1:
+                self._set_state(State.FIN_WAIT_2)
+            elif state is State.CLOSING:
+                self._enter_time_wait(now)
+                return False
+            elif state is State.LAST_ACK:
+                self._close("closed: our FIN was acknowledged")
+                return False
+        return True
+
+    def _ack_advance(self, seg: Segment, now: float) -> None:
+        """SND.UNA moves forward to seg.ack: free buffer, take an RTT sample, grow cwnd."""
+        ack = seg.ack
+        acked = seq_diff(ack, self.snd_una)
+        ts = seg.options.timestamps
+        if self.ts_ok and ts is not None and ts[1]:
+            self.rtt.sample(((self._ts_clock(now) - ts[1]) & MASK) / 1000)
+        elif self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
+            self.rtt.sample(now - self._rtt_sent_at)
+        if self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
+            self._rtt_seq = None
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack  # after a go-back-N rewind the peer may be ahead of us
+        self._sendbuf.ack_to(ack)
+        self._retries = 0
+        if self._state.synchronized:  # RFC 5681: slow start, then congestion avoidance
+            if self.cwnd < self.ssthresh:
+                self.cwnd += min(acked, self.snd_mss)
+            else:
+                self.cwnd += max(self.snd_mss * self.snd_mss // self.cwnd, 1)
+        self._rto_due = None if self.snd_una == self.snd_max else now + self.rtt.rto
+        if self._send_blocked and self._sendbuf.space:
+            self._send_blocked = False
+            self._events.append(ev.SendSpace())
+
+    def _process_text_and_fin(self, seg: Segment, now: float) -> None:
+        """Seventh and eighth steps: deliver data in order, then act on a FIN."""
+        state = self._state
+        if seg.payload and state.can_receive:
+            if seg.seq == self.rcv_nxt:
+                self.rcv_nxt = seq_add(self.rcv_nxt, len(seg.payload))
+                data = seg.payload
+                if self._reassembly:
+                    data += self._reassembly.pop_ready(self.rcv_nxt)
+                    self.rcv_nxt = seq_add(seg.seq, len(data))
+                    self._ack_now = True  # a hole was filled (RFC 5681 §4.2)
+                self._deliver(data)
+                self._schedule_ack(len(seg.payload), now)
+            else:
+                self._reassembly.add(self.rcv_nxt, seg.seq, seg.payload)
+                self._ack_now = True  # out of order: duplicate ACK at once
+        if seg.flags & FIN and state.synchronized:
+            fin_seq = seq_add(seg.seq, len(seg.payload))
+            if fin_seq != self.rcv_nxt:
+                self._fin_rcvd_seq = fin_seq  # wait for the hole before it to fill
+                self._ack_now = True
+                return
+            self._on_fin(now)
+        elif self._fin_rcvd_seq is not None and self._fin_rcvd_seq == self.rcv_nxt:
+            self._on_fin(now)
+
+    def _on_fin(self, now: float) -> None:
+        self._fin_rcvd_seq = None
+        self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+        self._ack_now = True
+        state = self._state
+        if state in (State.SYN_RECEIVED, State.ESTABLISHED):
+            self._set_state(State.CLOSE_WAIT)
+        elif state is State.FIN_WAIT_1:
+            self._set_state(State.CLOSING)  # our FIN is not acked yet (else we'd be in FW2)
+        elif state is State.FIN_WAIT_2:
+            self._enter_time_wait(now)
+        elif state is State.TIME_WAIT:
+            self._enter_time_wait(now)
+            return
+        else:
+            return  # CLOSE-WAIT, CLOSING, LAST-ACK: a retransmitted FIN, already counted
+        self._events.append(ev.PeerClosed())
+
+    def _deliver(self, data: bytes) -> None:
+        if self._app_closed:
+            return  # the application has gone; the bytes are acknowledged and dropped
+        self._unread += len(data)
+        self._events.append(ev.DataReceived(data))
+
+    def _on_reset(self) -> None:
+        state = self._state
+        if state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+            self._close("closed by RST from the peer")
+        else:
+            self._events.append(ev.Reset())
+            self._close("connection reset by the peer")
+
+    def _enter_established(self) -> None:
+        self._retries = 0
+        self.cwnd = self.config.initial_window_segments * self.snd_mss
+        self._sendbuf.ack_to(self.snd_una)
+        self._set_state(State.ESTABLISHED)
+        if self._fin_queued:  # shutdown() was called during the handshake
+            self._set_state(State.FIN_WAIT_1)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._set_state(State.TIME_WAIT)
+        self._rto_due = None
+        self._time_wait_due = now + 2 * self.config.msl
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 §7: an ACK telling our RCV.NXT, at most `challenge_ack_limit` a second."""
+        second = int(now)
+        if second != self._challenge_window:
+            self._challenge_window, self._challenge_count = second, 0
+        if self._challenge_count < self.config.challenge_ack_limit:
+            self._challenge_count += 1
+            self._send_ack_now()
+
+    # -------------------------------------------------------------- options
+
+    def _our_wscale(self) -> int:
+        ws = self.config.wscale
+        return min(ws, MAX_WSCALE) if ws is not None else 0
+
+    def _negotiate(self, opts: Options) -> None:
+        """Settle the options from the peer's SYN: each holds only if both sides sent it."""
+        cfg = self.config
+        self.snd_mss = max(min(opts.mss if opts.mss is not None else DEFAULT_MSS, cfg.mss), 64)
+        self.ws_ok = cfg.wscale is not None and opts.wscale is not None
+        self.snd_wscale = min(opts.wscale or 0, MAX_WSCALE) if self.ws_ok else 0
+        self.rcv_wscale = self._our_wscale() if self.ws_ok else 0
+        self.sack_ok = cfg.sack and opts.sack_permitted
+        self.ts_ok = cfg.timestamps and opts.timestamps is not None
+        if self.ts_ok and opts.timestamps is not None:
+            self.ts_recent = opts.timestamps[0]
+
+    def _syn_options(self) -> Options:
+        """A SYN offers everything configured; a SYN-ACK only what the peer's SYN agreed."""
+        cfg = self.config
+        tsval = self._ts_clock(self._now)
+        if self._state is State.SYN_SENT:
+            return Options(mss=cfg.mss, wscale=cfg.wscale and self._our_wscale(),
+                           sack_permitted=cfg.sack,
+                           timestamps=(tsval, 0) if cfg.timestamps else None)
+        return Options(mss=cfg.mss, wscale=self.rcv_wscale if self.ws_ok else None,
+                       sack_permitted=self.sack_ok,
+                       timestamps=(tsval, self.ts_recent) if self.ts_ok else None)
+
+    # ------------------------------------------------------------- sending
+
+    def _choose_isn(self, now: float) -> None:
+        secret = self.config.secret
+        self.iss = initial_sequence_number(now, self.local, self.remote, secret)
+        self.snd_una = self.snd_max = self.iss
+        self.snd_nxt = seq_add(self.iss, 1)
+        self._sendbuf.start = seq_add(self.iss, 1)
+        self._ts_offset = timestamp_offset(self.local, self.remote, secret)
+
+    def _ts_clock(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & MASK
+
+    def _send_syn(self, now: float, *, retransmission: bool = False) -> None:
+        """(Re)send our SYN or SYN-ACK. Retransmissions carry no data, as Linux does."""
+        flags = SYN | ACK if self._state is State.SYN_RECEIVED else SYN
+        seg = self._make(flags, self.iss, ack=bool(flags & ACK), options=self._syn_options())
+        self._out.append(seg)
+        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+        if not retransmission:
+            self._rtt_seq, self._rtt_sent_at = self.iss, now
+        self._rto_due = now + self.rtt.rto
+
+    def _window_to_advertise(self) -> int:
+        """Free receive buffer, kept from moving the right edge left (RFC 9293 §3.8.6.2.2)."""
+        free = max(self.config.recv_buffer - self._unread, 0)
+        promised = max(seq_diff(self.rcv_adv, self.rcv_nxt), 0)
+        # Receiver-side SWS avoidance (MUST-39): move the right edge only by a useful amount.
+        if free - promised < min(self.config.recv_buffer // 2, self._rcv_mss()):
+            return promised
+        return free
+
+    def _rcv_mss(self) -> int:
+        return self.config.mss
+
+    def _make(self, flags: int, seq: int, *, ack: bool = True, payload: bytes = b"",
+              options: Options | None = None) -> Segment:
+        """Build an outgoing segment; every segment that carries ACK updates our ACK state."""
+        if ack:
+            flags |= ACK
+        window = 0
+        if not flags & RST:
+            wnd = self._window_to_advertise()
+            if flags & SYN:
+                window = min(wnd, 0xFFFF)
+            else:
+                window = min(-(-wnd >> self.rcv_wscale), 0xFFFF)  # round up: never shrink
+                wnd = window << self.rcv_wscale
+            if flags & ACK:
+                self.rcv_adv = seq_add(self.rcv_nxt, wnd)
+        if options is None:
+            options = NO_OPTIONS
+            if self.ts_ok and not flags & RST:
+                options = Options(timestamps=(self._ts_clock(self._now), self.ts_recent))
+            if self.sack_ok and self._reassembly and flags & ACK:
+                limit = 3 if self.ts_ok else 4
+                options = options.with_(sack_blocks=self._reassembly.sack_blocks(limit))
+        if flags & ACK:
+            self._last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+            self._ack_due = None
+            self._unacked_bytes = 0
+        return Segment(self.local[0], self.remote[0], self.local[1], self.remote[1],
+                       seq & MASK, self.rcv_nxt if flags & ACK else 0, flags, window,
+                       options, payload)
+
+    def _send_ack_now(self) -> None:
+        self._out.append(self._make(ACK, self.snd_nxt))
+
+    def _schedule_ack(self, nbytes: int, now: float) -> None:
+        """Delayed ACK: at least every second full segment, and within `delayed_ack` s."""
+        self._unacked_bytes += nbytes
+        if self.config.delayed_ack <= 0 or self._unacked_bytes >= 2 * self._rcv_mss():
+            self._ack_now = True
+        elif self._ack_due is None:
+            self._ack_due = now + self.config.delayed_ack
+
+    def segments_to_send(self, now: float) -> list[Segment]:
+        """Everything due now: answers, data the windows allow, FIN, a pending ACK."""
+        self._now = now
+        if self._state in SYNCHRONIZED_SENDING:
+            self._send_data(now)
+        if self._ack_now and self._state not in (State.CLOSED, State.SYN_SENT, State.LISTEN):
+            self._send_ack_now()
+        out, self._out = self._out, []
+        return out
+
+    def _send_data(self, now: float) -> None:
+        if seq_le(self.snd_una, self.iss):
+            return  # our SYN is not acknowledged yet
+        cfg, mss, buf = self.config, self.snd_mss, self._sendbuf
+        if self._fin_queued and self._fin_seq is None:
+            self._fin_seq = buf.end
+        while True:
+            unsent = seq_diff(buf.end, self.snd_nxt)
+            fin_due = self._fin_seq is not None and seq_le(self.snd_nxt, self._fin_seq)
+            in_flight = seq_diff(self.snd_nxt, self.snd_una)
+            room = min(self.snd_wnd, self.cwnd) - in_flight
+            if unsent > 0:
+                size = min(unsent, room, mss)
+                if size <= 0:
+                    break
+                # Nagle (MUST-17) and sender-side SWS avoidance (MUST-38).
+                if size < mss and size < self.max_snd_wnd // 2 and not (
+                        size == unsent and (not cfg.nagle or in_flight == 0 or fin_due)):
+                    break
+                with_fin = fin_due and size == unsent
+                flags = (PSH if size == unsent else 0) | (FIN if with_fin else 0)
+                self._transmit(flags, buf.get(self.snd_nxt, size), now)
+            elif fin_due:
+                self._transmit(FIN, b"", now)
+                break
+            else:
+                break
+
+    def _transmit(self, flags: int, payload: bytes, now: float) -> None:
+        seq = self.snd_nxt
+        seg = self._make(flags, seq, payload=payload)
+        self._out.append(seg)
+        self.snd_nxt = seq_add(seq, seg.seg_len)
+        if seq_gt(self.snd_nxt, self.snd_max):
+            if self._rtt_seq is None and seq_ge(seq, self.snd_max):
+                self._rtt_seq, self._rtt_sent_at = seq, now  # time a fresh segment (Karn)
+            self.snd_max = self.snd_nxt
+        if self._rto_due is None:
+            self._rto_due = now + self.rtt.rto
+
+    def _take_window(self, seg: Segment, *, scaled: bool) -> None:
+        self.snd_wnd = seg.window << self.snd_wscale if scaled else seg.window
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+
+    def __repr__(self) -> str:
+        return (f"<Connection {self.local[0]}:{self.local[1]} -> "
+                f"{self.remote[0]}:{self.remote[1]} {self._state}>")

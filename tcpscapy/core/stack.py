@@ -1,0 +1,203 @@
+"""A host's TCP: connections by 4-tuple, listeners, TIME-WAIT, and segments for no one."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .config import Config
+from .connection import Connection
+from .errors import LocalProtocolError
+from .segment import ACK, RST, SYN, Segment
+from .seq import seq_add, seq_gt
+from .state import State
+
+Address = tuple[str, int]
+FourTuple = tuple[str, int, str, int]  # local ip, local port, remote ip, remote port
+ANY = "0.0.0.0"
+
+
+def reset_for(seg: Segment) -> Segment | None:
+    """RFC 9293 §3.10.7.1: the RST that answers `seg` when no connection owns it."""
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        return Segment(seg.dst, seg.src, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+    return Segment(seg.dst, seg.src, seg.dport, seg.sport, 0, seq_add(seg.seq, seg.seg_len),
+                   RST | ACK, 0)
+
+
+class Listener:
+    """A passive open on (ip, port): SYN-RECEIVED connections and an accept queue."""
+
+    def __init__(self, stack: Stack, local: Address, config: Config, backlog: int) -> None:
+        self.stack = stack
+        self.local = local
+        self.config = config
+        self.backlog = backlog
+        self._handshaking: set[Connection] = set()
+        self._ready: deque[Connection] = deque()
+        self.syns_received = 0
+        self.syns_dropped = 0  # the queue was full
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.local[0]}:{self.local[1]} LISTEN>"
+
+    @property
+    def queued(self) -> int:
+        return len(self._handshaking) + len(self._ready)
+
+    def accept(self) -> Connection | None:
+        """The oldest established connection not yet handed out, or None."""
+        return self._ready.popleft() if self._ready else None
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset."""
+        self.closed = True
+        self.stack._listeners.pop(self.local, None)
+        for conn in [*self._handshaking, *self._ready]:
+            conn.abort()
+        self._handshaking.clear()
+        self._ready.clear()
+
+    def receive(self, seg: Segment, now: float) -> None:
+        """A segment for no connection, on our port: RFC 9293 §3.10.7.2 (LISTEN)."""
+        flags = seg.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            self.stack._reply_reset(seg)
+            return
+        if not flags & SYN:
+            return
+        self.syns_received += 1
+        if self.queued >= self.backlog:
+            self.syns_dropped += 1  # as Linux: drop, the client's SYN retransmission retries
+            return
+        conn = Connection((seg.dst, seg.dport), (seg.src, seg.sport), self.config)
+        conn.listener = self
+        conn.accept_syn(seg, now)
+        self._handshaking.add(conn)
+        self.stack._add(conn)
+
+    def _progress(self, conn: Connection) -> None:
+        """Called by the stack after `conn` (one of ours) handled input."""
+        if conn not in self._handshaking:
+            return
+        if conn.state is State.CLOSED:
+            self._handshaking.discard(conn)
+        elif conn.state is not State.SYN_RECEIVED:
+            self._handshaking.discard(conn)
+            self._ready.append(conn)
+
+
+class Stack:
+    """Demultiplexes segments to connections and listeners; answers the rest."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self._conns: dict[FourTuple, Connection] = {}
+        self._listeners: dict[Address, Listener] = {}
+        self._out: list[Segment] = []
+        self.resets_sent = 0
+
+    # ------------------------------------------------------------ app side
+
+    def listen(self, ip: str, port: int, *, backlog: int | None = None,
+               config: Config | None = None) -> Listener:
+        if (ip, port) in self._listeners:
+            raise LocalProtocolError(f"already listening on {ip}:{port}")
+        listener = Listener(self, (ip, port), config or self.config,
+                            backlog if backlog is not None else self.config.backlog)
+        self._listeners[(ip, port)] = listener
+        return listener
+
+    def connect(self, local: Address, remote: Address, now: float, *,
+                config: Config | None = None, data: bytes = b"") -> Connection:
+        key = (*local, *remote)
+        if key in self._conns:
+            raise LocalProtocolError(
+                f"{local[0]}:{local[1]} -> {remote[0]}:{remote[1]} is in use "
+                f"({self._conns[key].state})")
+        conn = Connection(local, remote, config or self.config)
+        self._add(conn)
+        conn.connect(now, data=data)
+        return conn
+
+    @property
+    def connections(self) -> list[Connection]:
+        return list(self._conns.values())
+
+    def connection(self, local: Address, remote: Address) -> Connection | None:
+        return self._conns.get((*local, *remote))
+
+    # ------------------------------------------------------------- network
+
+    def receive(self, seg: Segment, now: float) -> None:
+        conn = self._conns.get((seg.dst, seg.dport, seg.src, seg.sport))
+        listener = self._listeners.get((seg.dst, seg.dport)) or self._listeners.get(
+            (ANY, seg.dport))
+        if conn is not None and conn.state is State.TIME_WAIT and listener is not None \
+                and self._may_reuse_time_wait(conn, seg):
+            del self._conns[(seg.dst, seg.dport, seg.src, seg.sport)]
+            conn = None
+        if conn is not None:
+            conn.receive(seg, now)
+            owner = conn.listener
+            if owner is not None:
+                owner._progress(conn)
+            return
+        if listener is not None:
+            listener.receive(seg, now)
+        else:
+            self._reply_reset(seg)
+
+    @staticmethod
+    def _may_reuse_time_wait(conn: Connection, seg: Segment) -> bool:
+        """RFC 9293 §3.6.1 / RFC 6191: a new SYN may end TIME-WAIT if it is newer."""
+        if seg.flags & (SYN | ACK | RST) != SYN:
+            return False
+        ts = seg.options.timestamps
+        if conn.ts_ok and ts is not None:
+            return seq_gt(ts[0], conn.ts_recent)
+        return seq_gt(seg.seq, conn.rcv_nxt)
+
+    def _reply_reset(self, seg: Segment) -> None:
+        if not self.config.rst_for_closed_port:
+            return
+        rst = reset_for(seg)
+        if rst is not None:
+            self.resets_sent += 1
+            self._out.append(rst)
+
+    def segments_to_send(self, now: float) -> list[Segment]:
+        out, self._out = self._out, []
+        closed = []
+        for key, conn in self._conns.items():
+            out += conn.segments_to_send(now)
+            if conn.state is State.CLOSED:
+                closed.append(key)
+        for key in closed:
+            conn = self._conns.pop(key)
+            owner = conn.listener
+            if owner is not None:
+                owner._progress(conn)
+        return out
+
+    # -------------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        timers = [t for c in self._conns.values() if (t := c.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            due = conn.get_timer()
+            if due is not None and due <= now:
+                conn.handle_timer(now)
+                owner = conn.listener
+                if owner is not None:
+                    owner._progress(conn)
+
+    def _add(self, conn: Connection) -> None:
+        self._conns[(*conn.local, *conn.remote)] = conn
