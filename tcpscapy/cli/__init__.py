@@ -14,3 +14,8 @@ def main() -> None:
 
 
 # Subcommands register here, one line each.
+from tcpscapy.cli.guard import guard  # noqa: E402
+from tcpscapy.cli.lab import lab  # noqa: E402
+
+main.add_command(guard)
+main.add_command(lab)
