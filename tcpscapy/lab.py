@@ -257,7 +257,7 @@ def _check_host(host: str) -> str:
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
+    if not netns.is_privileged():
         raise LabNeedsRoot("the lab needs root: network namespaces require CAP_SYS_ADMIN")
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+CAP_SYS_ADMIN = 21
 # /proc/self/ns/net names the thread-group leader's namespace; we need this thread's.
 _THREAD_NETNS = "/proc/thread-self/ns/net"
 
@@ -39,6 +40,15 @@ def path(name: str) -> str:
 
 def exists(name: str) -> bool:
     return os.path.exists(path(name))
+
+
+def is_privileged() -> bool:
+    """True if this thread holds CAP_SYS_ADMIN, which namespace work needs (root has it)."""
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    return os.geteuid() == 0
 
 
 def current_id() -> int:

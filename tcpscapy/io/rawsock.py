@@ -1,0 +1,333 @@
+"""Raw-socket I/O carrying whole IPv4 packets as bytes, opened once per process.
+
+`open_link(dst)` looks up the route in Scapy's table and opens the sockets for it:
+
+- remote peer: one AF_PACKET socket bound to the outgoing interface, for both directions.
+  We add the Ethernet header ourselves (next-hop MAC from Scapy's ARP, cached). Frames
+  sent this way skip netfilter OUTPUT, so the RST guard's OUTPUT rule never sees them.
+- loopback or an address of this host: a raw IP socket (IP_HDRINCL) to send, because the
+  kernel must route the packet to itself; those packets DO traverse OUTPUT, so they carry
+  SO_MARK = `mark` and the RST guard excludes that mark. Receiving is AF_PACKET on `lo`.
+
+Receiving is filtered in the kernel (classic BPF: IPv4, TCP, destination = our address).
+Opening an AF_PACKET socket costs ~20 ms, which is why a Link is opened once and reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import select
+import socket
+import struct
+from types import TracebackType
+from typing import NamedTuple
+
+from tcpscapy import netns
+from tcpscapy.netns import NeedsRoot
+
+# Same value as tcpscapy.io.guard.DEFAULT_MARK: the guard's rule skips packets with it.
+DEFAULT_MARK = 0x7C5
+
+ETH_P_IP = 0x0800
+ETH_HLEN = 14
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+SO_MARK = 36
+SO_RCVBUFFORCE = 33
+TP_STATUS_CSUMNOTREADY = 1 << 3  # locally generated, checksum left for the NIC/stack
+TP_STATUS_CSUM_VALID = 1 << 7  # checksum already verified
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+_ANCBUF = socket.CMSG_SPACE(_AUXDATA.size)
+
+# Large enough for GRO-merged and loopback (MTU 64 KiB) packets; BPF keeps this much.
+RECV_BUFFER = 256 * 1024
+SOCKET_RCVBUF = 4 * 1024 * 1024
+SEND_WAIT = 1.0  # seconds to wait for room in a full socket send queue
+
+
+class LinkError(OSError):
+    """A link could not be opened or used; the message is one line."""
+
+
+class NoRoute(LinkError):
+    """No route (or no next-hop MAC) to the destination."""
+
+
+class LinkNeedsRoot(LinkError, NeedsRoot):
+    """Raw sockets need root (CAP_NET_RAW, CAP_NET_ADMIN for SO_MARK)."""
+
+
+class Received(NamedTuple):
+    """One received IPv4 packet.
+
+    `skip_csum_check` is True when the kernel vouches for the checksums: already verified
+    (TP_STATUS_CSUM_VALID) or not filled in yet because the packet was generated on this
+    host (TP_STATUS_CSUMNOTREADY, e.g. the kernel's own segments on `lo`). Verifying the
+    checksum of such a packet would wrongly reject it.
+    """
+
+    packet: bytes
+    skip_csum_check: bool
+
+
+def tcp_dst_filter(dst_ip: str) -> bytes:
+    """Classic BPF for Ethernet frames: `ip and tcp and dst host DST_IP`."""
+    dst = struct.unpack("!I", socket.inet_aton(dst_ip))[0]
+    program = [
+        (0x28, 0, 0, 12),  # ldh [12]             EtherType
+        (0x15, 0, 5, ETH_P_IP),  # jeq IPv4, else drop
+        (0x30, 0, 0, ETH_HLEN + 9),  # ldb [23]   IP protocol
+        (0x15, 0, 3, socket.IPPROTO_TCP),  # jeq TCP, else drop
+        (0x20, 0, 0, ETH_HLEN + 16),  # ld [30]   IP destination
+        (0x15, 0, 1, dst),  # jeq DST_IP, else drop
+        (0x06, 0, 0, RECV_BUFFER),  # ret: keep up to RECV_BUFFER bytes
+        (0x06, 0, 0, 0),  # ret 0: drop
+    ]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+def _attach_filter(sock: socket.socket, program: bytes) -> None:
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(code))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _packet_socket(iface: str, dst_ip: str) -> socket.socket:
+    """AF_PACKET socket on `iface` that receives only TCP/IPv4 packets for `dst_ip`."""
+    # Protocol 0 receives nothing until bind(), so no unfiltered packet slips in first.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        _attach_filter(sock, tcp_dst_filter(dst_ip))
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        # Bound to ETH_P_IP (not ETH_P_ALL) the socket is not even offered outgoing copies;
+        # recv() still drops PACKET_OUTGOING in case that ever changes.
+        sock.bind((iface, ETH_P_IP))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _raw_ip_socket(mark: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # implies HDRINCL
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Link:
+    """Raw IPv4 packet I/O towards one destination; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        rx: socket.socket,
+        tx: socket.socket,
+        iface: str,
+        src_ip: str,
+        dst_ip: str,
+        src_mac: str | None,
+        dst_mac: str | None,
+        next_hop: str | None,
+        mark: int,
+    ) -> None:
+        self.iface = iface
+        self.src_ip = src_ip
+        self.dst_ip = dst_ip
+        self.src_mac = src_mac
+        self.dst_mac = dst_mac  # None on the loopback path (the kernel routes the packet)
+        self.next_hop = next_hop
+        self.mark = mark
+        self.truncated = 0  # packets dropped because they did not fit RECV_BUFFER
+        self._rx = rx
+        self._tx = tx
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._eth_header = (
+            _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP)
+            if dst_mac and src_mac
+            else b""
+        )
+        self._closed = False
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.dst_mac is None
+
+    def send(self, packet: bytes) -> None:
+        """Send one whole IPv4 packet (header included, checksums already filled in)."""
+        if self._closed:
+            raise LinkError("send on a closed link")
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            raise ValueError("not an IPv4 packet")
+        for attempt in range(2):
+            try:
+                if self.is_loopback:
+                    self._tx.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+                else:
+                    self._tx.sendmsg([self._eth_header, packet])
+                return
+            except BlockingIOError:
+                if attempt or not select.select([], [self._tx], [], SEND_WAIT)[1]:
+                    raise LinkError(f"send queue on {self.iface} stays full") from None
+
+    def recv(self) -> Received | None:
+        """The next queued packet for us, or None if nothing is queued (never blocks)."""
+        if self._closed:
+            raise LinkError("recv on a closed link")
+        while True:
+            try:
+                n, ancdata, flags, addr = self._rx.recvmsg_into([self._view], _ANCBUF)
+            except BlockingIOError:
+                return None
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            if flags & socket.MSG_TRUNC:
+                self.truncated += 1
+                continue
+            status = 0
+            for level, kind, data in ancdata:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    status = _AUXDATA.unpack_from(data)[0]
+            packet = self._view[ETH_HLEN:n]
+            total = int.from_bytes(packet[2:4], "big")
+            if 20 <= total < len(packet):  # cut Ethernet padding; 0 = giant GSO packet
+                packet = packet[:total]
+            skip = bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))
+            return Received(bytes(packet), skip)
+
+    def recv_many(self, max_n: int = 64) -> list[Received]:
+        """Drain up to `max_n` queued packets without blocking."""
+        out: list[Received] = []
+        while len(out) < max_n:
+            item = self.recv()
+            if item is None:
+                break
+            out.append(item)
+        return out
+
+    def fileno(self) -> int:
+        """The receiving socket, for select/poll/selectors."""
+        return self._rx.fileno()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx.close()
+        if self._tx is not self._rx:
+            self._tx.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        path = "loopback" if self.is_loopback else f"via {self.next_hop} {self.dst_mac}"
+        return f"<Link {self.src_ip} -> {self.dst_ip} on {self.iface} {path}>"
+
+
+def open_link(
+    dst_ip: str,
+    src_ip: str | None = None,
+    iface: str | None = None,
+    mark: int = DEFAULT_MARK,
+) -> Link:
+    """Open the sockets to reach `dst_ip` from the calling thread's network namespace."""
+    dst = _ipv4(dst_ip, "destination")
+    route_iface, route_src, gateway, local = _route(dst, iface)
+    if route_src == "0.0.0.0":
+        raise NoRoute(f"no route to {dst}" + (f" via {iface}" if iface else ""))
+    src = _ipv4(src_ip, "source") if src_ip else route_src
+    loopback = local or ipaddress.IPv4Address(dst).is_loopback
+    try:
+        if loopback:
+            from scapy.config import conf
+
+            lo = conf.loopback_name
+            tx = _raw_ip_socket(mark)
+            try:
+                rx = _packet_socket(lo, src)
+            except BaseException:
+                tx.close()
+                raise
+            return Link(rx=rx, tx=tx, iface=lo, src_ip=src, dst_ip=dst, src_mac=None,
+                        dst_mac=None, next_hop=None, mark=mark)
+        sock = _packet_socket(route_iface, src)
+    except PermissionError:
+        raise LinkNeedsRoot("raw sockets need root (CAP_NET_RAW and CAP_NET_ADMIN)") from None
+    try:
+        src_mac = ":".join(f"{b:02x}" for b in sock.getsockname()[4])
+        next_hop = gateway if gateway != "0.0.0.0" else dst
+        dst_mac = _next_hop_mac(route_iface, src_mac, next_hop)
+    except BaseException:
+        sock.close()
+        raise
+    return Link(rx=sock, tx=sock, iface=route_iface, src_ip=src, dst_ip=dst, src_mac=src_mac,
+                dst_mac=dst_mac, next_hop=next_hop, mark=mark)
+
+
+def _ipv4(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"bad {what} address {text!r}: expected dotted IPv4") from None
+
+
+def _route(dst: str, iface: str | None) -> tuple[str, str, str, bool]:
+    """(iface, src, gateway, dst-is-local) from Scapy's table, reloaded for this namespace."""
+    import scapy.route  # noqa: F401  (sets conf.route)
+    from scapy.config import conf
+
+    # Scapy loads its tables once, from the namespace it was imported in; we may be in
+    # another one (netns.enter), and namespace ids get reused, so always reload (~20 ms).
+    conf.ifaces.reload()
+    conf.route.resync()
+    route_iface, src, gateway = conf.route.route(dst, dev=iface, verbose=0)
+    # Scapy lists local addresses as routes on their own interface; the kernel delivers
+    # them through lo, so they take the loopback path.
+    local = any(route[4] == dst for route in conf.route.routes)
+    return route_iface, src, gateway, local
+
+
+# (namespace id, iface, our MAC, next hop) -> MAC. Our MAC and the namespace id tell apart
+# labs that reuse the same addresses, which Scapy's own cache (keyed by IP) cannot.
+_mac_cache: dict[tuple[int, str, str, str], str] = {}
+
+
+def _next_hop_mac(iface: str, src_mac: str, next_hop: str) -> str:
+    key = (netns.current_id(), iface, src_mac, next_hop)
+    if key in _mac_cache:
+        return _mac_cache[key]
+    from scapy.config import conf
+    from scapy.layers.l2 import getmacbyip
+
+    conf.netcache.arp_cache.pop(next_hop, None)  # may hold another namespace's answer
+    mac = getmacbyip(next_hop)
+    if not mac:
+        raise NoRoute(f"no ARP reply from next hop {next_hop} on {iface}")
+    _mac_cache[key] = mac
+    return mac
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
