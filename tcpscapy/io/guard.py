@@ -234,6 +234,7 @@ class RstGuard:
             if self.running:
                 return self
             iptables.require_root()
+            self._pid = os.getpid()  # the pid our rules name, and the only one that may remove them
             self._backend = (
                 iptables.backend_named(self._backend_name)
                 if self._backend_name
@@ -252,6 +253,8 @@ class RstGuard:
 
     def stop(self) -> None:
         """Remove our rules and release the queue. Safe to call any number of times."""
+        if os.getpid() != self._pid:
+            return  # a forked child inherited this object; the rules are its parent's
         with self._critical():
             if self._backend is not None:
                 for port in list(self._rules):
@@ -328,7 +331,10 @@ class RstGuard:
             self.accepted += 1
 
     def _bind_queue(self) -> None:
-        nfq = NetfilterQueue()
+        try:
+            nfq = NetfilterQueue()
+        except OSError as err:
+            raise GuardError(f"cannot open NFQUEUE (nfnetlink_queue): {err}") from None
         if self._wanted_queue is not None:
             candidates: Iterator[int] = iter([self._wanted_queue])
         else:
@@ -343,8 +349,8 @@ class RstGuard:
                 continue
             self._nfq, self._queue_num = nfq, number
             return
-        what = f"queue {self._wanted_queue}" if self._wanted_queue is not None else "any queue"
-        raise GuardError(f"could not bind NFQUEUE {what}: in use by another process")
+        what = f"queue {self._wanted_queue}" if self._wanted_queue is not None else "a queue"
+        raise GuardError(f"could not bind NFQUEUE {what}: all tried numbers are in use")
 
     # -- rules -------------------------------------------------------------------
 

@@ -26,7 +26,14 @@ import pytest
 from scapy.all import IP, TCP, raw
 
 from tcpscapy.io import iptables
-from tcpscapy.io.guard import EXIT_SIGINT, EXIT_SIGTERM, RstGuard, cleanup_stale, status
+from tcpscapy.io.guard import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    GuardError,
+    RstGuard,
+    cleanup_stale,
+    status,
+)
 
 pytestmark = pytest.mark.wire
 
@@ -193,7 +200,7 @@ def test_default_backend_is_the_system_iptables(netns: str) -> None:
 
     name, dump = in_netns(netns, scenario)
     assert name == iptables.default_backend().name
-    assert 'tcpscapy pid=' in dump and "--sport 4242" in dump and "--queue-bypass" in dump
+    assert "tcpscapy pid=" in dump and "--sport 4242" in dump and "--queue-bypass" in dump
 
 
 def test_listener_port_covers_every_remote(netns: str) -> None:
@@ -276,6 +283,32 @@ def test_two_guards_get_different_queues(netns: str) -> None:
     assert first is not None and second is not None and first != second
 
 
+def test_taken_queue_number_is_a_clear_error(netns: str) -> None:
+    def scenario() -> str:
+        with RstGuard() as first:
+            with pytest.raises(GuardError) as failed:
+                RstGuard(queue_num=first.queue_num).start()
+            return str(failed.value)
+
+    assert "in use" in in_netns(netns, scenario)
+
+
+def test_forked_child_leaves_parent_rules_alone(netns: str) -> None:
+    def scenario() -> tuple[int, str]:
+        with RstGuard() as guard:
+            guard.own_port(LOOP, 7100)
+            child = os.fork()
+            if child == 0:
+                guard.stop()  # inherited object: must not touch the parent's rules
+                os._exit(0)
+            _, status_word = os.waitpid(child, 0)
+            return status_word, ns_rules_text(netns)
+
+    status_word, dump = in_netns(netns, scenario)
+    assert status_word == 0 and "--sport 7100" in dump
+    assert "tcpscapy" not in ns_rules_text(netns)
+
+
 # -- a guard in another process: signals and crashes ---------------------------------
 
 GUARD_SCRIPT = """
@@ -305,8 +338,10 @@ def guard_process(netns: str) -> Iterator[Callable[[str, int], subprocess.Popen[
         )  # fmt: skip
         started.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline() if ready and proc.stdout else ""
-        assert line.strip() == "ready", f"guard process failed: {proc.stderr and proc.stderr.read()}"
+        if not (ready and proc.stdout and proc.stdout.readline().strip() == "ready"):
+            proc.kill()
+            _, err = proc.communicate(timeout=5)
+            pytest.fail(f"guard process did not start: {err.strip()}")
         return proc
 
     try:
