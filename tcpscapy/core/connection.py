@@ -615,8 +615,10 @@ class Connection:
     def _schedule_ack(self, nbytes: int, now: float) -> None:
         """Delayed ACK: at least every second full segment, and within `delayed_ack` s."""
         self._unacked_bytes += nbytes
-        if self.config.delayed_ack <= 0 or self._unacked_bytes >= 2 * self._rcv_mss():
+        if self.config.delayed_ack <= 0:
             self._ack_now = True
+        elif self._unacked_bytes >= 2 * self._rcv_mss():
+            self._send_ack_now()  # now, not at the next flush: MUST-58 counts segments
         elif self._ack_due is None:
             self._ack_due = now + self.config.delayed_ack
 
