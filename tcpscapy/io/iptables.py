@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcpscapy.netns import NeedsRoot
+
 COMMENT_PREFIX = "tcpscapy pid="
 CHAIN = "OUTPUT"
 LOCK_WAIT_S = 5  # -w: wait this long for the xtables lock
@@ -27,13 +29,14 @@ _PID_RE = re.compile(r"tcpscapy pid=(\d+)")
 # thread-self, not /proc/net (= the main thread's namespace): a caller may have
 # moved just this thread into another network namespace with setns().
 _LEGACY_TABLES = Path("/proc/thread-self/net/ip_tables_names")
+_CAP_NET_ADMIN = 12
 
 
 class GuardError(Exception):
     """The RST guard cannot do what was asked; the message is one line for the user."""
 
 
-class NotRootError(GuardError):
+class NotRootError(GuardError, NeedsRoot):
     """iptables and NFQUEUE need root (CAP_NET_ADMIN)."""
 
 
@@ -71,9 +74,21 @@ class GuardRule:
         )
 
 
+def has_net_admin() -> bool:
+    """True if this thread may change netfilter rules (CAP_NET_ADMIN; root has it)."""
+    try:
+        with open("/proc/thread-self/status") as status_file:
+            for line in status_file:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
 def require_root() -> None:
-    if os.geteuid() != 0:
-        raise NotRootError("the RST guard needs root (iptables and NFQUEUE)")
+    if not has_net_admin():
+        raise NotRootError("the RST guard needs root: iptables and NFQUEUE require CAP_NET_ADMIN")
 
 
 def comment_for(pid: int) -> str:

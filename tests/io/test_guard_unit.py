@@ -221,7 +221,7 @@ def test_queue_candidates_are_distinct_and_in_range() -> None:
 
 @pytest.fixture
 def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iptables.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(iptables, "has_net_admin", lambda: False)
 
 
 @pytest.mark.usefixtures("not_root")
@@ -242,7 +242,7 @@ def test_guard_start_not_root() -> None:
 
 
 def test_cli_iptables_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iptables.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(iptables, "has_net_admin", lambda: True)
     monkeypatch.setattr(iptables.shutil, "which", lambda *a, **k: None)
     iptables.default_backend.cache_clear()
     try:

@@ -7,7 +7,6 @@ children inherit the thread's namespace) or in a child process started with
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import select
@@ -25,6 +24,7 @@ from typing import TypeVar
 import pytest
 from scapy.all import IP, TCP, raw
 
+import tcpscapy.netns
 from tcpscapy.io import iptables
 from tcpscapy.io.guard import (
     EXIT_SIGINT,
@@ -39,14 +39,12 @@ pytestmark = pytest.mark.wire
 
 REPO = Path(__file__).resolve().parents[2]
 LOOP = "127.0.0.1"
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 SO_MARK = 36
 WINDOW_S = 0.5  # how long to watch for an RST that must (or must not) appear
 BACKENDS = ["nft", "legacy"]
 
 _T = TypeVar("_T")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- namespace plumbing ---------------------------------------------------------
@@ -64,18 +62,13 @@ def netns() -> Iterator[str]:
 
 
 def in_netns(name: str, fn: Callable[[], _T], timeout: float = 15.0) -> _T:
-    """Run fn on a fresh thread that has joined namespace ``name``; return its result."""
+    """Run fn on a fresh thread inside namespace ``name``; return its result."""
     outcome: dict[str, object] = {}
 
     def target() -> None:
         try:
-            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-            outcome["value"] = fn()
+            with tcpscapy.netns.enter(name):
+                outcome["value"] = fn()
         except BaseException as err:
             outcome["error"] = err
 
@@ -419,6 +412,16 @@ def test_cleanup_stale_spares_live_owners(
     swept = ns_run(netns, sys.executable, "-m", "tcpscapy", "guard", "cleanup", "--all")
     assert swept.returncode == 0 and f"pid={alive.pid}" in swept.stdout
     assert "tcpscapy" not in ns_rules_text(netns)
+
+
+def test_cli_unprivileged_exits_4() -> None:
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-m", "tcpscapy", "guard", "status"],
+        capture_output=True, text=True, timeout=20, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 4
+    assert done.stderr.strip().count("\n") == 0 and "root" in done.stderr
 
 
 def test_start_removes_stale_rules(
