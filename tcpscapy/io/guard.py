@@ -21,6 +21,7 @@ import ipaddress
 import os
 import signal
 import struct
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -242,7 +243,7 @@ class RstGuard:
             )
             cleanup_stale()
             self._bind_queue()
-            atexit.register(self.stop)
+            atexit.register(self._stop_at_exit)
             try:
                 for port in self._table.ports:
                     self._add_rule(port)
@@ -256,16 +257,30 @@ class RstGuard:
         if os.getpid() != self._pid:
             return  # a forked child inherited this object; the rules are its parent's
         with self._critical():
-            if self._backend is not None:
-                for port in list(self._rules):
+            failures: list[GuardError] = []
+            for port in list(self._rules):
+                try:
                     self._remove_rule(port)
+                except GuardError as err:
+                    failures.append(err)
+            try:
                 self._sweep()
+            except GuardError as err:
+                failures.append(err)
             if self._nfq is not None:
                 self._nfq.run(block=False)  # verdicts for anything already queued
                 self._nfq.unbind()
                 self._nfq = None  # closing the netlink socket happens on dealloc
                 self._queue_num = None
-            atexit.unregister(self.stop)
+            atexit.unregister(self._stop_at_exit)
+            if failures:
+                raise failures[0]
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.stop()
+        except GuardError as err:
+            print(f"tcpscapy: RST guard cleanup failed: {err}", file=sys.stderr)
 
     def __enter__(self) -> RstGuard:
         return self.start()
@@ -281,9 +296,14 @@ class RstGuard:
     # -- ownership ---------------------------------------------------------------
 
     def own(self, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> None:
+        """Drop the kernel's RSTs from local_ip:local_port to remote_ip:remote_port."""
         with self._critical():
             if self._table.own(local_ip, local_port, remote_ip, remote_port):
-                self._add_rule(local_port)
+                try:
+                    self._add_rule(local_port)
+                except BaseException:
+                    self._table.disown(local_ip, local_port, remote_ip, remote_port)
+                    raise
 
     def disown(self, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> None:
         with self._critical():
@@ -294,7 +314,11 @@ class RstGuard:
         """Own every remote tuple on a listening address (0.0.0.0 = any local address)."""
         with self._critical():
             if self._table.own_port(local_ip, local_port):
-                self._add_rule(local_port)
+                try:
+                    self._add_rule(local_port)
+                except BaseException:
+                    self._table.disown_port(local_ip, local_port)
+                    raise
 
     def disown_port(self, local_ip: str, local_port: int) -> None:
         with self._critical():

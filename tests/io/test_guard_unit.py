@@ -262,6 +262,18 @@ def test_unstarted_guard() -> None:
         guard.fileno()
 
 
+def test_failed_rule_insert_leaves_nothing_owned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iptables, "has_net_admin", lambda: True)
+    guard = RstGuard()
+    guard._backend = iptables.Backend("nft", "/bin/false")  # every iptables call fails
+    guard._queue_num = 10000
+    with pytest.raises(iptables.GuardError):
+        guard.own(LOCAL, 443, REMOTE, 1)
+    with pytest.raises(iptables.GuardError):
+        guard.own_port(LOCAL, 80)
+    assert guard.ports == [] and guard._table.ports == []
+
+
 # -- signals --------------------------------------------------------------------------------
 
 

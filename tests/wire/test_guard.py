@@ -414,6 +414,21 @@ def test_cleanup_stale_spares_live_owners(
     assert "tcpscapy" not in ns_rules_text(netns)
 
 
+CRASH_SCRIPT = """
+from tcpscapy.io.guard import RstGuard
+guard = RstGuard().start()
+guard.own_port("127.0.0.1", 8100)
+print("rules on ports", guard.ports, flush=True)
+raise RuntimeError("uncaught: only atexit is left to clean up")
+"""
+
+
+def test_atexit_removes_rules_after_uncaught_exception(netns: str) -> None:
+    done = ns_run(netns, sys.executable, "-c", CRASH_SCRIPT)
+    assert done.returncode == 1 and "[8100]" in done.stdout and "RuntimeError" in done.stderr
+    assert "tcpscapy" not in ns_rules_text(netns)
+
+
 def test_cli_unprivileged_exits_4() -> None:
     done = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
