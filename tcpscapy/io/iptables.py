@@ -118,8 +118,20 @@ def rst_rule_spec(port: int, mark: int, queue_num: int, pid: int) -> list[str]:
 
 
 def pid_alive(pid: int) -> bool:
+    """True if process ``pid`` exists and is not a zombie (a zombie's rules are stale)."""
     if pid <= 0:
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _signal_zero(pid)
+    state = stat.rpartition(")")[2].split()[:1]  # the command name may contain spaces
+    return state not in (["Z"], ["X"])
+
+
+def _signal_zero(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -207,6 +208,22 @@ def test_parse_rules_reads_listing() -> None:
     # The spec round-trips: it is what `iptables -D OUTPUT ...` needs.
     assert list(alive.spec) == shlex.split(LISTED.format(pid=os.getpid()))[2:]
     assert "stale" in dead.describe() and "alive" in alive.describe()
+
+
+def test_pid_alive_treats_zombies_as_dead() -> None:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while iptables.pid_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.01)  # exited but not reaped: a zombie
+        assert not iptables.pid_alive(child)
+        assert os.path.exists(f"/proc/{child}")  # still a zombie, not yet gone
+    finally:
+        os.waitpid(child, 0)
+    assert iptables.pid_alive(os.getpid())
+    assert not iptables.pid_alive(0)
 
 
 def test_queue_candidates_are_distinct_and_in_range() -> None:
