@@ -322,7 +322,7 @@ def _next_hop_mac(iface: str, src_mac: str, next_hop: str) -> str:
     from scapy.layers.l2 import getmacbyip
 
     conf.netcache.arp_cache.pop(next_hop, None)  # may hold another namespace's answer
-    mac = getmacbyip(next_hop)
+    mac = str(getmacbyip(next_hop) or "")
     if not mac:
         raise NoRoute(f"no ARP reply from next hop {next_hop} on {iface}")
     _mac_cache[key] = mac

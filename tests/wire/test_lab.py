@@ -140,8 +140,8 @@ def test_sysctl_is_per_host(lab: Lab) -> None:
     assert lab.sysctl("server", "net.ipv4.tcp_fastopen", "0x202") == "514"
 
     def read(host: str, key: str) -> str:
-        return lab.run(host, ["sysctl", "-n", key], capture_output=True, text=True,
-                       check=True).stdout.strip()
+        res = lab.run(host, ["sysctl", "-n", key], capture_output=True, text=True, check=True)
+        return str(res.stdout).strip()
 
     assert read("server", "net.ipv4.tcp_syncookies") == "2"
     assert read("client", "net.ipv4.tcp_syncookies") != "2"
@@ -156,7 +156,7 @@ def test_bad_input_is_refused(lab: Lab) -> None:
     with pytest.raises(LabUsageError, match="unknown host 'router'"):
         lab.ns("router")
     with pytest.raises(LabUsageError, match="not a shell string"):
-        lab.run("client", "ip addr")  # type: ignore[arg-type]
+        lab.run("client", "ip addr")
     with pytest.raises(LabUsageError, match="bad lab prefix"):
         Lab("../etc")
     with pytest.raises(LabError, match="is not up"):

@@ -36,8 +36,10 @@ def wait_for(link: Link, match: Callable[[IP], bool], timeout: float = WAIT_S) -
 
 
 def syn(link: Link, sport: int, dport: int, seq: int, dst: str | None = None) -> bytes:
-    return raw(IP(src=link.src_ip, dst=dst or link.dst_ip)
-               / TCP(sport=sport, dport=dport, flags="S", seq=seq, window=65535))
+    pkt = IP(src=link.src_ip, dst=dst or link.dst_ip) / TCP(
+        sport=sport, dport=dport, flags="S", seq=seq, window=65535
+    )
+    return bytes(pkt)
 
 
 def synack_for(sport: int, dport: int, seq: int) -> Callable[[IP], bool]:
