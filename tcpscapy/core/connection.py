@@ -19,8 +19,9 @@ from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
 from .reassembly import Reassembly
 from .rtt import RttEstimator
-from .segment import ACK, FIN, PSH, RST, SYN, Segment
+from .segment import ACK, FIN, RST, SYN, Segment
 from .sendbuf import SendBuffer
+from .sending import SenderMixin
 from .seq import MASK, between, in_window, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from .state import State
 
@@ -34,7 +35,7 @@ SYNCHRONIZED_SENDING = frozenset(
 )
 
 
-class Connection:
+class Connection(SenderMixin):
     """A TCP connection between `local` and `remote` (each (ip, port))."""
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int],
@@ -50,7 +51,7 @@ class Connection:
         self.close_reason = ""
         # Send sequence space (RFC 9293 §3.3.1).
         self.iss = 0
-        self.snd_una = self.snd_nxt = self.snd_max = 0
+        self.snd_una = self.snd_nxt = 0
         self.snd_wnd = self.max_snd_wnd = 0
         self.snd_wl1 = self.snd_wl2 = 0
         self.snd_mss = DEFAULT_MSS
@@ -85,8 +86,7 @@ class Connection:
         self._retries = 0
         self._rtt_seq: int | None = None  # Karn: the segment being timed, if not retransmitted
         self._rtt_sent_at = 0.0
-        self.cwnd = 0
-        self.ssthresh = 1 << 30
+        self._init_sender()
         # TIME-WAIT and challenge-ACK throttling.
         self._time_wait_due: float | None = None
         self._challenge_window = -1
@@ -113,6 +113,7 @@ class Connection:
         self._set_state(State.CLOSED)
         self.close_reason = reason
         self._rto_due = self._ack_due = self._time_wait_due = None
+        self._persist_due = self._keepalive_due = self._stalled_since = None
         self._events.append(ev.Closed(reason))
 
     def next_event(self) -> ev.Event | None:
@@ -204,7 +205,10 @@ class Connection:
     # ---------------------------------------------------------------- timers
 
     def get_timer(self) -> float | None:
-        due = [t for t in (self._rto_due, self._ack_due, self._time_wait_due) if t is not None]
+        if self._state is State.CLOSED:
+            return None
+        due = self._sender_deadlines()
+        due += [t for t in (self._ack_due, self._time_wait_due) if t is not None]
         return min(due) if due else None
 
     def handle_timer(self, now: float) -> None:
@@ -215,31 +219,7 @@ class Connection:
         if self._ack_due is not None and now >= self._ack_due:
             self._ack_now = True
             self._ack_due = None
-        if self._rto_due is not None and now >= self._rto_due:
-            self._rto_due = None
-            self._on_retransmission_timeout(now)
-
-    def _on_retransmission_timeout(self, now: float) -> None:
-        state = self._state
-        limit = {State.SYN_SENT: self.config.syn_retries,
-                 State.SYN_RECEIVED: self.config.synack_retries}.get(state, self.config.retries)
-        if self._retries >= limit:
-            what = {State.SYN_SENT: "connection timed out: no answer to the SYN",
-                    State.SYN_RECEIVED: "handshake timed out: no ACK for the SYN-ACK"}.get(
-                state, "connection timed out: data not acknowledged")
-            self._close(f"{what} after {self._retries} retransmissions")
-            return
-        self._retries += 1
-        self.rtt.back_off()
-        self._rtt_seq = None  # Karn: no sample from a retransmitted segment
-        if state in (State.SYN_SENT, State.SYN_RECEIVED):
-            self._send_syn(now, retransmission=True)
-            return
-        # RFC 5681 (4): collapse to one segment and resend from SND.UNA (go-back-N).
-        flight = seq_diff(self.snd_max, self.snd_una)
-        self.ssthresh = max(flight // 2, 2 * self.snd_mss)
-        self.cwnd = self.snd_mss
-        self.snd_nxt = self.snd_una
+        self._sender_timers(now)
 
     # ------------------------------------------------------------- receiving
 
@@ -249,6 +229,7 @@ class Connection:
         state = self._state
         if state is State.CLOSED:
             return  # the stack answers segments for no connection
+        self._heard_from_peer(now)
         if state is State.SYN_SENT:
             self._receive_in_syn_sent(seg, now)
             return
@@ -261,7 +242,7 @@ class Connection:
     def _receive_in_syn_sent(self, seg: Segment, now: float) -> None:
         flags = seg.flags
         # first: an ACK for something we never sent is answered <SEQ=SEG.ACK><CTL=RST>.
-        if flags & ACK and (seq_le(seg.ack, self.iss) or seq_gt(seg.ack, self.snd_max)):
+        if flags & ACK and (seq_le(seg.ack, self.iss) or seq_gt(seg.ack, self.snd_nxt)):
             if not flags & RST:
                 self._out.append(self._make(RST, seg.ack, ack=False))
             return
@@ -294,7 +275,7 @@ class Connection:
         # Simultaneous open: the peer's SYN-ACK completes our SYN-RECEIVED (MUST-11).
         simultaneous_synack = (self._state is State.SYN_RECEIVED and not self.passive
                                and flags & (SYN | ACK | RST) == SYN | ACK
-                               and seq_add(seg.seq, 1) == self.rcv_nxt and seg.ack == self.snd_max)
+                               and seq_add(seg.seq, 1) == self.rcv_nxt and seg.ack == self.snd_nxt)
         if simultaneous_synack:
             seg = seg.replace(seq=self.rcv_nxt, flags=flags & ~SYN)
             flags = seg.flags
@@ -379,18 +360,17 @@ class Connection:
         """Fifth step. Returns False when the segment must go no further."""
         ack = seg.ack
         if self._state is State.SYN_RECEIVED:
-            if not (seq_lt(self.snd_una, ack) and seq_le(ack, self.snd_max)):
+            if not (seq_lt(self.snd_una, ack) and seq_le(ack, self.snd_nxt)):
                 self._out.append(self._make(RST, ack, ack=False))
                 return False
             self._take_window(seg, scaled=True)
             self._enter_established()
         # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped.
-        if seq_gt(ack, self.snd_max) or seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
+        if seq_gt(ack, self.snd_nxt) or seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
             self._send_ack_now()
             return False
-        if seq_gt(ack, self.snd_una):
-            self._ack_advance(seg, now)
-        if between(self.snd_una, ack, self.snd_max) and (
+        self._on_ack(seg, now)
+        if between(self.snd_una, ack, self.snd_nxt) and (
                 seq_lt(self.snd_wl1, seg.seq)
                 or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack))):
             self._take_window(seg, scaled=True)
@@ -406,32 +386,6 @@ class Connection:
                 self._close("closed: our FIN was acknowledged")
                 return False
         return True
-
-    def _ack_advance(self, seg: Segment, now: float) -> None:
-        """SND.UNA moves forward to seg.ack: free buffer, take an RTT sample, grow cwnd."""
-        ack = seg.ack
-        acked = seq_diff(ack, self.snd_una)
-        ts = seg.options.timestamps
-        if self.ts_ok and ts is not None and ts[1]:
-            self.rtt.sample(((self._ts_clock(now) - ts[1]) & MASK) / 1000)
-        elif self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
-            self.rtt.sample(now - self._rtt_sent_at)
-        if self._rtt_seq is not None and seq_gt(ack, self._rtt_seq):
-            self._rtt_seq = None
-        self.snd_una = ack
-        if seq_lt(self.snd_nxt, ack):
-            self.snd_nxt = ack  # after a go-back-N rewind the peer may be ahead of us
-        self._sendbuf.ack_to(ack)
-        self._retries = 0
-        if self._state.synchronized:  # RFC 5681: slow start, then congestion avoidance
-            if self.cwnd < self.ssthresh:
-                self.cwnd += min(acked, self.snd_mss)
-            else:
-                self.cwnd += max(self.snd_mss * self.snd_mss // self.cwnd, 1)
-        self._rto_due = None if self.snd_una == self.snd_max else now + self.rtt.rto
-        if self._send_blocked and self._sendbuf.space:
-            self._send_blocked = False
-            self._events.append(ev.SendSpace())
 
     def _process_text_and_fin(self, seg: Segment, now: float) -> None:
         """Seventh and eighth steps: deliver data in order, then act on a FIN."""
@@ -493,6 +447,7 @@ class Connection:
 
     def _enter_established(self) -> None:
         self._retries = 0
+        self._heard_from_peer(self._now)
         self.cwnd = self.config.initial_window_segments * self.snd_mss
         self._sendbuf.ack_to(self.snd_una)
         self._set_state(State.ESTABLISHED)
@@ -501,7 +456,7 @@ class Connection:
 
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(State.TIME_WAIT)
-        self._rto_due = None
+        self._rto_due = self._persist_due = self._keepalive_due = self._stalled_since = None
         self._time_wait_due = now + 2 * self.config.msl
 
     def _challenge_ack(self, now: float) -> None:
@@ -548,7 +503,7 @@ class Connection:
     def _choose_isn(self, now: float) -> None:
         secret = self.config.secret
         self.iss = initial_sequence_number(now, self.local, self.remote, secret)
-        self.snd_una = self.snd_max = self.iss
+        self.snd_una = self.iss
         self.snd_nxt = seq_add(self.iss, 1)
         self._sendbuf.start = seq_add(self.iss, 1)
         self._ts_offset = timestamp_offset(self.local, self.remote, secret)
@@ -561,7 +516,7 @@ class Connection:
         flags = SYN | ACK if self._state is State.SYN_RECEIVED else SYN
         seg = self._make(flags, self.iss, ack=bool(flags & ACK), options=self._syn_options())
         self._out.append(seg)
-        self.snd_nxt = self.snd_max = seq_add(self.iss, 1)
+        self.snd_nxt = seq_add(self.iss, 1)
         if not retransmission:
             self._rtt_seq, self._rtt_sent_at = self.iss, now
         self._rto_due = now + self.rtt.rto
@@ -631,46 +586,6 @@ class Connection:
             self._send_ack_now()
         out, self._out = self._out, []
         return out
-
-    def _send_data(self, now: float) -> None:
-        if seq_le(self.snd_una, self.iss):
-            return  # our SYN is not acknowledged yet
-        cfg, mss, buf = self.config, self.snd_mss, self._sendbuf
-        if self._fin_queued and self._fin_seq is None:
-            self._fin_seq = buf.end
-        while True:
-            unsent = seq_diff(buf.end, self.snd_nxt)
-            fin_due = self._fin_seq is not None and seq_le(self.snd_nxt, self._fin_seq)
-            in_flight = seq_diff(self.snd_nxt, self.snd_una)
-            room = min(self.snd_wnd, self.cwnd) - in_flight
-            if unsent > 0:
-                size = min(unsent, room, mss)
-                if size <= 0:
-                    break
-                # Nagle (MUST-17) and sender-side SWS avoidance (MUST-38).
-                if size < mss and size < self.max_snd_wnd // 2 and not (
-                        size == unsent and (not cfg.nagle or in_flight == 0 or fin_due)):
-                    break
-                with_fin = fin_due and size == unsent
-                flags = (PSH if size == unsent else 0) | (FIN if with_fin else 0)
-                self._transmit(flags, buf.get(self.snd_nxt, size), now)
-            elif fin_due:
-                self._transmit(FIN, b"", now)
-                break
-            else:
-                break
-
-    def _transmit(self, flags: int, payload: bytes, now: float) -> None:
-        seq = self.snd_nxt
-        seg = self._make(flags, seq, payload=payload)
-        self._out.append(seg)
-        self.snd_nxt = seq_add(seq, seg.seg_len)
-        if seq_gt(self.snd_nxt, self.snd_max):
-            if self._rtt_seq is None and seq_ge(seq, self.snd_max):
-                self._rtt_seq, self._rtt_sent_at = seq, now  # time a fresh segment (Karn)
-            self.snd_max = self.snd_nxt
-        if self._rto_due is None:
-            self._rto_due = now + self.rtt.rto
 
     def _take_window(self, seg: Segment, *, scaled: bool) -> None:
         self.snd_wnd = seg.window << self.snd_wscale if scaled else seg.window
