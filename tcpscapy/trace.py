@@ -1,0 +1,471 @@
+"""What a connection did: segments and state changes, for people to read.
+
+Recording is cheap (a tuple appended to a list; no Scapy), and everything a
+user looks at is made on demand: `ladder()` for the terminal, `to_json_lines()`
+for tools, `to_scapy_list()` and `write_pcap()` for Scapy and Wireshark.
+
+    trace = Trace()
+    trace.record_state(now, State.CLOSED, State.SYN_SENT)
+    trace.record_segment(now, "out", syn)
+    print(ladder(trace))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from os import PathLike
+from typing import TYPE_CHECKING, Literal, overload
+
+from tcpscapy.core.options import Options
+from tcpscapy.core.segment import ACK, RST, SYN, URG, Segment, flag_str
+from tcpscapy.core.state import State
+
+if TYPE_CHECKING:
+    from scapy.plist import PacketList
+
+__all__ = [
+    "Direction",
+    "Side",
+    "Trace",
+    "TraceEntry",
+    "handshake_rtt",
+    "ladder",
+    "to_json_lines",
+    "to_scapy_list",
+    "write_pcap",
+]
+
+Direction = Literal["out", "in"]
+Side = Literal["local", "peer"]
+_SIDE_DIRECTION: dict[str, Direction] = {"local": "out", "peer": "in"}
+_Row = tuple[float, Direction, Segment | None, tuple[State, State] | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    """One line of the record.
+
+    A segment entry has `segment` (None when a packet arrived that could not be
+    decoded; `note` says why). A state entry has `state_change` = (old, new) and
+    its `direction` names whose state it is: "out" the local endpoint (left of
+    the ladder), "in" the peer (right), as `side` spells out.
+    """
+
+    time: float  # seconds: the `now` the driver used
+    direction: Direction
+    segment: Segment | None = None
+    state_change: tuple[State, State] | None = None
+    note: str = ""  # e.g. "retransmission", "dropped: bad checksum"
+
+    @property
+    def side(self) -> Side:
+        return "local" if self.direction == "out" else "peer"
+
+
+class Trace:
+    """A list-like record of TraceEntry values, oldest first.
+
+    Rows are stored as plain tuples so recording costs ~0.3 µs; TraceEntry
+    objects are made when read. `maxlen` keeps only the newest entries.
+    `time_offset` is added to entry times in JSON and pcap exports, e.g.
+    `time.time() - time.monotonic()` when the driver's clock is monotonic.
+    """
+
+    __slots__ = ("_rows", "time_offset")
+
+    def __init__(self, entries: Iterable[TraceEntry] = (), *, maxlen: int | None = None,
+                 time_offset: float = 0.0) -> None:
+        self._rows: list[_Row] | deque[_Row] = [] if maxlen is None else deque(maxlen=maxlen)
+        self.time_offset = time_offset
+        for entry in entries:
+            self.append(entry)
+
+    def record_segment(self, now: float, direction: Direction, seg: Segment | None,
+                       note: str = "") -> None:
+        """A segment sent ("out") or received ("in"); seg None for an undecodable packet."""
+        if direction != "out" and direction != "in":
+            raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
+        self._rows.append((now, direction, seg, None, note))
+
+    def record_state(self, now: float, old: State, new: State, side: Side = "local",
+                     note: str = "") -> None:
+        """A state change of the local endpoint or (when known, e.g. in simulation) the peer."""
+        try:
+            direction = _SIDE_DIRECTION[side]
+        except KeyError:
+            raise ValueError(f"side must be 'local' or 'peer', not {side!r}") from None
+        self._rows.append((now, direction, None, (old, new), note))
+
+    def append(self, entry: TraceEntry) -> None:
+        self._rows.append((entry.time, entry.direction, entry.segment, entry.state_change,
+                           entry.note))
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[TraceEntry]:
+        for row in self._rows:
+            yield TraceEntry(*row)
+
+    @overload
+    def __getitem__(self, index: int) -> TraceEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TraceEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> TraceEntry | list[TraceEntry]:
+        if isinstance(index, slice):
+            return [TraceEntry(*row) for row in list(self._rows)[index]]
+        return TraceEntry(*self._rows[index])
+
+    def segments(self, direction: Direction | None = None) -> list[Segment]:
+        """The decoded segments, optionally only those going one way."""
+        return [row[2] for row in self._rows
+                if row[2] is not None and (direction is None or row[1] == direction)]
+
+    def __repr__(self) -> str:
+        return f"<Trace {len(self)} entries>"
+
+    def __str__(self) -> str:
+        return ladder(self)
+
+    # Method spellings of the module functions, for the interactive shell.
+    def ladder(self, *, relative: bool = True, width: int | None = None, color: bool = False,
+               ascii_only: bool = False) -> str:
+        return ladder(self, relative=relative, width=width, color=color, ascii_only=ascii_only)
+
+    def to_json_lines(self) -> Iterator[str]:
+        return to_json_lines(self)
+
+    def to_scapy(self) -> PacketList:
+        return to_scapy_list(self)
+
+    def write_pcap(self, path: str | PathLike[str]) -> None:
+        write_pcap(self, path)
+
+
+# --- the ladder ------------------------------------------------------------------------
+
+_STATE_WIDTH = len("SYN-RECEIVED")
+_RESET, _BOLD, _DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
+_RED, _GREEN, _MAGENTA, _CYAN = "\x1b[31m", "\x1b[32m", "\x1b[35m", "\x1b[36m"
+_HANDSHAKE_MASK = SYN | ACK | RST
+_WORDS = re.compile(r"<[^>]*>|\S+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Glyphs:
+    line: str
+    dashed: str
+    right: str
+    left: str
+    to: str
+    both: str
+    ellipsis: str
+
+
+_UNICODE = _Glyphs("─", "╌", "▶", "◀", " → ", " ⇄ ", "…")
+_ASCII = _Glyphs("-", ".", ">", "<", " -> ", " <-> ", "..")
+
+
+def _endpoints(entries: list[TraceEntry]) -> tuple[str, str] | None:
+    """("local addr:port", "peer addr:port") from the first segment."""
+    for entry in entries:
+        seg = entry.segment
+        if seg is not None:
+            ours, theirs = f"{seg.src}:{seg.sport}", f"{seg.dst}:{seg.dport}"
+            return (ours, theirs) if entry.direction == "out" else (theirs, ours)
+    return None
+
+
+def _isns(entries: list[TraceEntry]) -> dict[str, int]:
+    """Each direction's base: the seq of its first SYN, else of its first segment."""
+    bases: dict[str, int] = {}
+    syn_seen: set[str] = set()
+    for entry in entries:
+        seg, way = entry.segment, entry.direction
+        if seg is None or way in syn_seen:
+            continue
+        if seg.flags & SYN:
+            bases[way] = seg.seq
+            syn_seen.add(way)
+        else:
+            bases.setdefault(way, seg.seq)
+    return bases
+
+
+def _handshake(entries: Iterable[TraceEntry]) -> tuple[float, bool] | None:
+    """(seconds, we are the client) from our last SYN to the SYN-ACK, or from our last
+    SYN-ACK to the ACK."""
+    syn_at = synack_at = None
+    for entry in entries:
+        seg = entry.segment
+        if seg is None:
+            continue
+        kind = seg.flags & _HANDSHAKE_MASK
+        if entry.direction == "out":
+            if kind == SYN:
+                syn_at = entry.time
+            elif kind == SYN | ACK:
+                synack_at = entry.time
+        elif kind == SYN | ACK and syn_at is not None:
+            return entry.time - syn_at, True
+        elif kind == ACK and synack_at is not None:
+            return entry.time - synack_at, False
+    return None
+
+
+def handshake_rtt(trace: Iterable[TraceEntry]) -> float | None:
+    """Seconds from our SYN to the peer's SYN-ACK (client) or from our SYN-ACK to the
+    peer's ACK (server), using the last transmission before the answer; None if absent."""
+    found = _handshake(trace)
+    return None if found is None else found[0]
+
+
+def _signed(value: int) -> int:
+    value %= 2**32
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _options_text(opts: Options, sack_base: int | None) -> str:
+    parts: list[str] = []
+    if opts.mss is not None:
+        parts.append(f"mss {opts.mss}")
+    if opts.sack_permitted:
+        parts.append("sack")
+    if opts.timestamps is not None:
+        parts.append("ts")
+    if opts.wscale is not None:
+        parts.append(f"ws {opts.wscale}")
+    if opts.tfo_cookie is not None:
+        name = "tfo-exp" if opts.tfo_experimental else "tfo"
+        parts.append(f"{name} {opts.tfo_cookie.hex()}" if opts.tfo_cookie else name)
+    parts.extend(f"opt {kind}" + (f" {body.hex()}" if body else "") for kind, body in opts.unknown)
+    if opts.sack_blocks:
+        def rel(edge: int) -> int:
+            return edge if sack_base is None else _signed(edge - sack_base)
+        parts.append("sack " + " ".join(f"{rel(left)}-{rel(right)}"
+                                         for left, right in opts.sack_blocks))
+    if opts.malformed:
+        parts.append("malformed")
+    return f" <{','.join(parts)}>" if parts else ""
+
+
+def _segment_text(seg: Segment, seq_base: int | None, ack_base: int | None) -> str:
+    seq = seg.seq if seq_base is None else _signed(seg.seq - seq_base)
+    text = f"{flag_str(seg.flags) or '(no flags)'} seq={seq}"
+    if seg.flags & ACK:
+        text += f" ack={seg.ack if ack_base is None else _signed(seg.ack - ack_base)}"
+    text += f" win={seg.window}"
+    if seg.flags & URG:
+        text += f" urg={seg.urgent}"
+    if seg.payload:
+        text += f" len={len(seg.payload)}"
+    return text + _options_text(seg.options, ack_base)
+
+
+def _fit(text: str, width: int, glyphs: _Glyphs) -> str:
+    if len(text) <= width:
+        return text
+    return text[: max(width - len(glyphs.ellipsis), 0)] + glyphs.ellipsis
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap keeping `<options>` whole where it fits; longer words are cut
+    (after a comma where possible)."""
+    chunks: list[str] = []
+    current = ""
+    for word in _WORDS.findall(text):
+        while len(word) > width:
+            if current:
+                chunks.append(current)
+                current = ""
+            cut = word.rfind(",", 0, width) + 1 or width  # after a comma where possible
+            chunks.append(word[:cut])
+            word = word[cut:]
+        if current and len(current) + 1 + len(word) > width:
+            chunks.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    return [*chunks, current] if current else chunks
+
+
+def _arrow(label: str, direction: Direction, width: int, glyphs: _Glyphs, dashed: bool) -> str:
+    """`── label ───▶` going out, `◀─── label ──` coming in, `width` characters long;
+    the label must fit in `width - 6`."""
+    line = glyphs.dashed if dashed else glyphs.line
+    fill = line * (width - 5 - len(label))
+    if direction == "out":
+        return f"{line * 2} {label} {fill}{glyphs.right}"
+    return f"{glyphs.left}{fill} {label} {line * 2}"
+
+
+def _label(entry: TraceEntry, bases: dict[str, int]) -> str:
+    """The text an arrow carries (empty for state changes)."""
+    seg, way = entry.segment, entry.direction
+    if entry.state_change is not None:
+        return ""
+    if seg is None:
+        return entry.note or "undecodable packet"
+    other = "in" if way == "out" else "out"
+    text = _segment_text(seg, bases.get(way), bases.get(other))
+    return f"{text} ({entry.note})" if entry.note else text
+
+
+def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | None = None,
+           color: bool = False, ascii_only: bool = False) -> str:
+    """The trace as a text ladder: local endpoint on the left, peer on the right.
+
+    One line per segment (elapsed ms, the local state, an arrow carrying flags
+    in Scapy letters, seq/ack relative to each side's ISN unless `relative` is
+    False, window, urgent pointer, payload length, options, note) and per state
+    change, then the handshake RTT. `width` bounds every line (labels are cut
+    with an ellipsis); `color` adds ANSI colours; `ascii_only` draws in ASCII.
+    """
+    entries = list(trace)
+    if not entries:
+        return "(empty trace)"
+    glyphs = _ASCII if ascii_only else _UNICODE
+    t0 = entries[0].time
+    bases = _isns(entries) if relative else {}
+    stamps = [f"{(entry.time - t0) * 1000:.3f} ms" for entry in entries]
+    labels = [_label(entry, bases) for entry in entries]
+    local_changes = [e.state_change for e in entries if e.state_change and e.direction == "out"]
+    state: State | None = local_changes[0][0] if local_changes else None
+    time_width = max(map(len, stamps))
+    state_width = _STATE_WIDTH + 2 if local_changes else 0  # the column only when known
+    prefix_width = time_width + 2 + state_width
+    endpoints = _endpoints(entries)
+    peer_changes = [e.state_change for e in entries if e.state_change and e.direction == "in"]
+    natural = max([*map(len, labels), sum(map(len, endpoints or ())),
+                   *(len(f"{old}{new}") + 14 for old, new in peer_changes), 24]) + 6
+    arrow_width = natural if width is None else max(width - prefix_width, 16)
+
+    def emit(text: str, style: str, plain_upto: int = 0) -> None:
+        """Append a line cut to `width`; colour it after `plain_upto` (ANSI adds no width)."""
+        if width is not None:
+            text = _fit(text, width, glyphs)
+        if color:
+            text = text[:plain_upto] + style + text[plain_upto:] + _RESET
+        lines.append(text)
+
+    lines: list[str] = []
+    if endpoints is not None:
+        local, peer = endpoints
+        gap = arrow_width - len(local) - len(peer)
+        pair = local + " " * gap + peer if gap >= 1 else local + glyphs.both + peer
+        emit(" " * prefix_width + pair, _BOLD, prefix_width)
+
+    for entry, stamp, label in zip(entries, stamps, labels, strict=True):
+        start = stamp.rjust(time_width) + "  "
+        if entry.state_change is not None:
+            old, new = entry.state_change
+            change = f"{old}{glyphs.to}{new}" + (f" ({entry.note})" if entry.note else "")
+            if entry.direction == "out":
+                state = new
+                emit(start + change, _MAGENTA, len(start))
+            else:
+                emit(start.ljust(prefix_width) + f"peer: {change}".rjust(arrow_width),
+                     _MAGENTA, len(start))
+            continue
+        seg = entry.segment
+        chunks = _wrap(label, arrow_width - 6)  # a long label goes on under its arrow
+        arrow = _arrow(chunks[0], entry.direction, arrow_width, glyphs, dashed=seg is None)
+        style = (_RED if seg is None or seg.flags & RST else
+                 _CYAN if entry.direction == "out" else _GREEN)
+        column = (str(state or "").ljust(_STATE_WIDTH) + "  ") if state_width else ""
+        emit(start + column + arrow, style, prefix_width)
+        for chunk in chunks[1:]:
+            emit(" " * (prefix_width + 3) + chunk, style, prefix_width)
+
+    found = _handshake(entries)
+    if found is not None:
+        rtt, client = found
+        what = ("SYN", "SYN-ACK") if client else ("SYN-ACK", "ACK")
+        emit(f"handshake RTT {rtt * 1000:.3f} ms ({what[0]}{glyphs.to}{what[1]})", _BOLD)
+    if bases:
+        isns = ", ".join(f"{side} {bases[way]}" for way, side in (("out", "local"), ("in", "peer"))
+                         if way in bases)
+        emit(f"seq/ack relative to the ISNs: {isns}", _DIM)
+    return "\n".join(lines)
+
+
+# --- machine-readable exports -----------------------------------------------------------
+
+def _options_dict(opts: Options) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if opts.mss is not None:
+        out["mss"] = opts.mss
+    if opts.wscale is not None:
+        out["wscale"] = opts.wscale
+    if opts.sack_permitted:
+        out["sack_permitted"] = True
+    if opts.timestamps is not None:
+        out["timestamps"] = list(opts.timestamps)
+    if opts.sack_blocks:
+        out["sack_blocks"] = [list(block) for block in opts.sack_blocks]
+    if opts.tfo_cookie is not None:
+        out["tfo_cookie"] = opts.tfo_cookie.hex()
+        out["tfo_experimental"] = opts.tfo_experimental
+    if opts.unknown:
+        out["unknown"] = [{"kind": kind, "data": body.hex()} for kind, body in opts.unknown]
+    if opts.malformed:
+        out["malformed"] = True
+    return out
+
+
+def to_json_lines(trace: Trace | Iterable[TraceEntry]) -> Iterator[str]:
+    """One compact JSON object per entry, absolute seq/ack, times plus `time_offset`.
+
+    Segments: {"t", "type": "segment", "dir", "src", "dst", "sport", "dport",
+    "flags", "seq", "ack", "win", "urg", "len", "options", "note"} (no segment
+    fields for an undecodable packet). State changes: {"t", "type": "state",
+    "dir", "side", "old", "new", "note"}.
+    """
+    offset = trace.time_offset if isinstance(trace, Trace) else 0.0
+    for entry in trace:
+        obj: dict[str, object] = {"t": entry.time + offset}
+        seg = entry.segment
+        if entry.state_change is not None:
+            old, new = entry.state_change
+            obj.update(type="state", dir=entry.direction, side=entry.side, old=str(old),
+                       new=str(new))
+        else:
+            obj.update(type="segment", dir=entry.direction)
+            if seg is not None:
+                obj.update(src=seg.src, dst=seg.dst, sport=seg.sport, dport=seg.dport,
+                           flags=flag_str(seg.flags), seq=seg.seq, ack=seg.ack, win=seg.window,
+                           urg=seg.urgent, len=len(seg.payload),
+                           options=_options_dict(seg.options))
+        obj["note"] = entry.note
+        yield json.dumps(obj, separators=(",", ":"))
+
+
+def to_scapy_list(trace: Trace | Iterable[TraceEntry]) -> PacketList:
+    """The segments as Scapy IP/TCP packets with `.time` from the trace (Scapy imported now)."""
+    from scapy.plist import PacketList
+
+    from tcpscapy.io.codec import to_scapy
+
+    offset = trace.time_offset if isinstance(trace, Trace) else 0.0
+    packets = []
+    for entry in trace:
+        if entry.segment is not None:
+            pkt = to_scapy(entry.segment)
+            pkt.time = entry.time + offset
+            packets.append(pkt)
+    return PacketList(packets, name="tcpscapy trace")
+
+
+def write_pcap(trace: Trace | Iterable[TraceEntry], path: str | PathLike[str]) -> None:
+    """Write the segments to a pcap file (raw IPv4 link type) with Scapy's wrpcap."""
+    from scapy.utils import wrpcap
+
+    wrpcap(str(path), to_scapy_list(trace))
