@@ -326,8 +326,9 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
     One line per segment (elapsed ms, the local state, an arrow carrying flags
     in Scapy letters, seq/ack relative to each side's ISN unless `relative` is
     False, window, urgent pointer, payload length, options, note) and per state
-    change, then the handshake RTT. `width` bounds every line (labels are cut
-    with an ellipsis); `color` adds ANSI colours; `ascii_only` draws in ASCII.
+    change, then the handshake RTT and the ISNs. `width` bounds every line: long
+    labels wrap onto lines under their arrow, other lines are cut with an
+    ellipsis. `color` adds ANSI colours; `ascii_only` draws in ASCII.
     """
     entries = list(trace)
     if not entries:
