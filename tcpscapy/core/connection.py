@@ -146,7 +146,7 @@ class Connection(SenderMixin):
         self.passive = True
         self._choose_isn(now)
         self.irs = syn.seq
-        self.rcv_nxt = seq_add(syn.seq, 1)  # data in a plain SYN is not accepted
+        self.rcv_nxt = self.rcv_adv = seq_add(syn.seq, 1)  # data in a plain SYN: not accepted
         self._negotiate(syn.options)
         self._take_window(syn, scaled=False)
         self._set_state(State.SYN_RECEIVED)
@@ -255,7 +255,7 @@ class Connection(SenderMixin):
             return
         # fourth: SYN (with or without an acceptable ACK).
         self.irs = seg.seq
-        self.rcv_nxt = seq_add(seg.seq, 1)
+        self.rcv_nxt = self.rcv_adv = seq_add(seg.seq, 1)
         self._negotiate(seg.options)
         if flags & ACK:
             self._take_window(seg, scaled=False)
@@ -402,7 +402,7 @@ class Connection(SenderMixin):
                 self._schedule_ack(len(seg.payload), now)
             else:
                 self._reassembly.add(self.rcv_nxt, seg.seq, seg.payload)
-                self._ack_now = True  # out of order: duplicate ACK at once
+                self._send_ack_now()  # out of order: one duplicate ACK each, at once (RFC 5681)
         if seg.flags & FIN and state.synchronized:
             fin_seq = seq_add(seg.seq, len(seg.payload))
             if fin_seq != self.rcv_nxt:
@@ -447,10 +447,10 @@ class Connection(SenderMixin):
 
     def _enter_established(self) -> None:
         self._retries = 0
-        self._heard_from_peer(self._now)
         self.cwnd = self.config.initial_window_segments * self.snd_mss
         self._sendbuf.ack_to(self.snd_una)
         self._set_state(State.ESTABLISHED)
+        self._heard_from_peer(self._now)  # arms keepalive
         if self._fin_queued:  # shutdown() was called during the handshake
             self._set_state(State.FIN_WAIT_1)
 
