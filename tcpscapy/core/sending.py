@@ -219,7 +219,10 @@ class SenderMixin:
             self._transmit(self.snd_nxt, min(usable, unsent, self.snd_mss), False, now)
         else:  # an old sequence number: the peer answers with its current window
             self._out.append(self._make(ACK, seq_add(self.snd_una, -1)))
-        self._persist_due = now + min(self.rtt.rto * (1 << min(self._persist_backoff, 16)), PERSIST_MAX)
+        self._persist_due = now + self._persist_interval()
+
+    def _persist_interval(self: Connection) -> float:
+        return min(self.rtt.rto * (1 << min(self._persist_backoff, 16)), PERSIST_MAX)
 
     # ----------------------------------------------------------- sending
 
@@ -308,7 +311,6 @@ class SenderMixin:
             self._persist_backoff = 0
             return
         if self._persist_due is None:
-            self._persist_due = now + min(self.rtt.rto * (1 << min(self._persist_backoff, 16)),
-                                          PERSIST_MAX)
+            self._persist_due = now + self._persist_interval()
         if self._stalled_since is None:
             self._stalled_since = now

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,8 +13,8 @@ from tcpscapy.core.rtt import RttEstimator
 from tcpscapy.core.segment import Segment
 from tcpscapy.sim import Impairment
 
-from .transfer import A, B, pattern, run_transfer
 from .test_two_engines import connected, events, received
+from .transfer import A, B, pattern, run_transfer
 
 MB = 1_000_000
 IMPAIRED = dict(reorder=0.1, duplicate=0.05)
@@ -72,7 +74,7 @@ def test_slow_reader_closes_the_window_and_opens_it_again() -> None:
     probes = [d.time for d in net.log
               if d.segment.src == A and d.segment.seq == (conn.snd_una - 1) % 2**32]
     assert len(probes) >= 3, "the persist timer probes the zero window"
-    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert gaps == sorted(gaps), "probes back off"
     got = bytearray()
     while len(got) < len(data):  # the reader wakes up and reads as fast as it can
@@ -80,7 +82,8 @@ def test_slow_reader_closes_the_window_and_opens_it_again() -> None:
             if isinstance(event, DataReceived):
                 got += event.data
                 peer.data_consumed(len(event.data))
-        assert net.run(lambda: peer._unread > 0 or len(got) == len(data), timeout=120)
+        done = len(got) == len(data)
+        assert net.run(lambda done=done: peer._unread > 0 or done, timeout=120)
     assert bytes(got) == data
     assert [s.window for s in net.sent() if s.src == B][-1] > 0
 
