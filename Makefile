@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/in_memory.py
 
 bench: $(STAMP)
 	$(PY) -m tcpscapy.bench

@@ -11,8 +11,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tcpscapy.core.connection import Connection
 from tcpscapy.core.segment import Segment
 from tcpscapy.core.stack import Stack
+from tcpscapy.core.state import State
+from tcpscapy.trace import Trace
 
 Filter = Callable[[Segment], bool]
 
@@ -34,6 +37,20 @@ class Delivery:
 
 
 @dataclass
+class _Follow:
+    conn: Connection
+    trace: Trace
+    local_state: State = State.CLOSED
+    peer_state: State = State.CLOSED
+
+    def owns(self, seg: Segment) -> bool:
+        return (seg.src, seg.sport, seg.dst, seg.dport) == (*self.conn.local, *self.conn.remote)
+
+    def receives(self, seg: Segment) -> bool:
+        return (seg.dst, seg.dport, seg.src, seg.sport) == (*self.conn.local, *self.conn.remote)
+
+
+@dataclass
 class Network:
     """Hosts by IP address, one link between all of them with `delay` seconds one way."""
 
@@ -49,25 +66,54 @@ class Network:
         self._rng = random.Random(self.impairment.seed)
         self._queue: list[tuple[float, int, Segment]] = []
         self._counter = 0
+        self._follows: list[_Follow] = []
+
+    def follow(self, conn: Connection) -> Trace:
+        """Record `conn`'s segments and both sides' state changes, as the driver would."""
+        follow = _Follow(conn, Trace(), conn.state)
+        self._follows.append(follow)
+        return follow.trace
+
+    def _record_states(self) -> None:
+        for f in self._follows:
+            if f.conn.state is not f.local_state:
+                f.trace.record_state(self.now, f.local_state, f.conn.state, "local")
+                f.local_state = f.conn.state
+            host = self.hosts.get(f.conn.remote[0])
+            peer = host.connection(f.conn.remote, f.conn.local) if host else None
+            if peer is not None and peer.state is not f.peer_state:
+                f.trace.record_state(self.now, f.peer_state, peer.state, "peer")
+                f.peer_state = peer.state
+
+    def _fate(self, seg: Segment) -> str:
+        imp = self.impairment
+        if self.drop is not None and self.drop(seg):
+            return "dropped"
+        if imp.loss and self._rng.random() < imp.loss:
+            return "lost"
+        if imp.duplicate and self._rng.random() < imp.duplicate:
+            return "duplicated"
+        return "sent"
 
     def _emit(self) -> None:
         imp = self.impairment
         for stack in self.hosts.values():
             for seg in stack.segments_to_send(self.now):
-                if self.drop is not None and self.drop(seg):
-                    self.log.append(Delivery(self.now, seg, "dropped"))
+                fate = self._fate(seg)
+                self.log.append(Delivery(self.now, seg, fate))
+                for f in self._follows:
+                    if f.owns(seg):
+                        note = fate if fate in ("lost", "dropped") else ""
+                        f.trace.record_segment(self.now, "out", seg, note)
+                if fate in ("lost", "dropped"):
                     continue
-                if imp.loss and self._rng.random() < imp.loss:
-                    self.log.append(Delivery(self.now, seg, "lost"))
-                    continue
-                copies = 2 if imp.duplicate and self._rng.random() < imp.duplicate else 1
-                self.log.append(Delivery(self.now, seg, "duplicated" if copies == 2 else "sent"))
-                for _ in range(copies):
+                for _ in range(2 if fate == "duplicated" else 1):
                     at = self.now + self.delay
                     if imp.reorder and self._rng.random() < imp.reorder:
                         at += self._rng.random() * imp.jitter
                     self._counter += 1
                     heapq.heappush(self._queue, (at, self._counter, seg))
+        self._record_states()
 
     def _next_time(self) -> float | None:
         times = [t for s in self.hosts.values() if (t := s.get_timer()) is not None]
@@ -92,6 +138,9 @@ class Network:
             self.now = max(self.now, nxt)
             while self._queue and self._queue[0][0] <= self.now:
                 _, _, seg = heapq.heappop(self._queue)
+                for f in self._follows:
+                    if f.receives(seg):
+                        f.trace.record_segment(self.now, "in", seg)
                 stack = self.hosts.get(seg.dst)
                 if stack is not None:
                     stack.receive(seg, self.now)
@@ -99,6 +148,7 @@ class Network:
                 due = stack.get_timer()
                 if due is not None and due <= self.now:
                     stack.handle_timer(self.now)
+            self._record_states()
         raise RuntimeError(f"simulation did not settle in {max_steps} steps")
 
     def sent(self, fate: str | None = None) -> list[Segment]:

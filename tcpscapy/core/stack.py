@@ -47,6 +47,11 @@ class Listener:
     def queued(self) -> int:
         return len(self._handshaking) + len(self._ready)
 
+    @property
+    def ready(self) -> int:
+        """Established connections waiting for accept()."""
+        return len(self._ready)
+
     def accept(self) -> Connection | None:
         """The oldest established connection not yet handed out, or None."""
         return self._ready.popleft() if self._ready else None
