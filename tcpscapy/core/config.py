@@ -41,6 +41,18 @@ class Config:
     challenge_ack_limit: int = 1000  # per second, RFC 5961 §7
     rst_for_closed_port: bool = True  # answer segments for no connection with RST
     backlog: int = 128  # SYN-RECEIVED plus not-yet-accepted connections per listener
+    # SYN cookies (RFC 4987, Linux layout): "never", "auto" (when the SYN queue is
+    # full, as Linux tcp_syncookies=1) or "always" (as tcp_syncookies=2).
+    syncookies: str = "auto"
+    # TCP Fast Open (RFC 7413). Server: accept data in SYNs with a valid cookie;
+    # `tfo_key` is the 16-byte cookie key (derived from `secret` when None),
+    # `tfo_backup_key` the previous key still accepted after a rotation, and
+    # `tfo_no_cookie` accepts data without a cookie (as Linux 0x200).
+    tfo_server: bool = False
+    tfo_key: bytes | None = None
+    tfo_backup_key: bytes | None = None
+    tfo_no_cookie: bool = False
+    tfo_max_pending: int = 64  # TFO connections not yet fully established, per listener
     # Secrets, injected by the I/O layer (os.urandom) or fixed by tests.
     secret: bytes = bytes(16)
 

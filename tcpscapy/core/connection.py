@@ -152,6 +152,37 @@ class Connection(SenderMixin):
         self._set_state(State.SYN_RECEIVED)
         self._send_syn(now)
 
+    def accept_cookie_ack(self, ack: Segment, now: float, *, iss: int, mss: int,
+                          peer_wscale: int | None, sack: bool) -> None:
+        """Passive open rebuilt from a valid SYN cookie, as if our SYN-ACK had gone out.
+
+        `iss` is the cookie; `mss`, `peer_wscale` and `sack` are what it encoded.
+        The ACK itself (maybe with data) is then processed as in SYN-RECEIVED.
+        """
+        if self._state is not State.CLOSED:
+            raise LocalProtocolError("accept_cookie_ack() needs a fresh connection")
+        cfg = self.config
+        self._now = now
+        self.passive = True
+        self.iss = self.snd_una = iss
+        self.snd_nxt = seq_add(iss, 1)
+        self._sendbuf.start = self.snd_nxt
+        self._ts_offset = timestamp_offset(self.local, self.remote, cfg.secret)
+        self.irs = seq_add(ack.seq, -1)
+        self.rcv_nxt = ack.seq
+        self.rcv_adv = seq_add(ack.seq, min(cfg.recv_buffer, 0xFFFF))  # the SYN-ACK's window
+        self.snd_mss = max(min(mss, cfg.mss), 64)
+        self.ws_ok = cfg.wscale is not None and peer_wscale is not None
+        self.snd_wscale = min(peer_wscale or 0, MAX_WSCALE) if self.ws_ok else 0
+        self.rcv_wscale = self._our_wscale() if self.ws_ok else 0
+        self.sack_ok = cfg.sack and sack
+        ts = ack.options.timestamps
+        self.ts_ok = cfg.timestamps and ts is not None
+        if ts is not None:
+            self.ts_recent = ts[0]
+        self._set_state(State.SYN_RECEIVED)
+        self.receive(ack, now)
+
     def send(self, data: bytes) -> int:
         """Queue data; returns how many bytes fit in the send buffer (maybe 0)."""
         if self._fin_queued or self._state in (State.CLOSED, State.LISTEN) or \
