@@ -8,13 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcpscapy.bulk import A, B, pattern, run_transfer
 from tcpscapy.core import ACK, SYN, Config, DataReceived, SendSpace, State
 from tcpscapy.core.rtt import RttEstimator
 from tcpscapy.core.segment import Segment
 from tcpscapy.sim import Impairment
 
 from .test_two_engines import connected, events, received
-from .transfer import A, B, pattern, run_transfer
 
 MB = 1_000_000
 IMPAIRED = dict(reorder=0.1, duplicate=0.05)
