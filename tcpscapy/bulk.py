@@ -6,6 +6,7 @@ at every step) and by the benchmark (engine throughput per CPU second).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from tcpscapy.sim import Impairment, Network
 A, B = "10.0.0.1", "10.0.0.2"
 
 
+@functools.lru_cache(maxsize=8)
 def pattern(size: int, seed: int) -> bytes:
     """Deterministic, non-repeating-looking data (so misplaced bytes are caught)."""
     out = bytearray()
