@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Direction",
+    "LadderWriter",
     "Side",
     "Trace",
     "TraceEntry",
@@ -319,6 +320,96 @@ def _label(entry: TraceEntry, bases: dict[str, int]) -> str:
     return f"{text} ({entry.note})" if entry.note else text
 
 
+class LadderWriter:
+    """Draws ladder lines one entry at a time, for live output; `ladder()` uses it too.
+
+    `arrow_width` is the width of the arrow column; `cut` bounds every line.
+    Without `bases`, each direction's ISN is learned from its first segment (a
+    SYN's seq, when the first is a SYN), which is what a live view can know.
+    """
+
+    def __init__(self, *, arrow_width: int = 72, time_width: int = 11, state_column: bool = True,
+                 relative: bool = True, bases: dict[str, int] | None = None,
+                 t0: float | None = None, state: State | None = None, cut: int | None = None,
+                 color: bool = False, ascii_only: bool = False) -> None:
+        self.glyphs = _ASCII if ascii_only else _UNICODE
+        self.arrow_width = arrow_width
+        self.time_width = time_width
+        self.state_width = _STATE_WIDTH + 2 if state_column else 0
+        self.prefix_width = time_width + 2 + self.state_width
+        self.relative = relative
+        self.bases: dict[str, int] = dict(bases) if bases is not None else {}
+        self._learn = relative and bases is None
+        self._syn_ways: set[str] = set()  # directions whose base came from a SYN
+        self.t0 = t0
+        self.state = state
+        self.cut = cut
+        self.color = color
+
+    def _emit(self, out: list[str], text: str, style: str, plain_upto: int = 0) -> None:
+        """Append a line cut to `cut`; colour it after `plain_upto` (ANSI adds no width)."""
+        if self.cut is not None:
+            text = _fit(text, self.cut, self.glyphs)
+        if self.color:
+            text = text[:plain_upto] + style + text[plain_upto:] + _RESET
+        out.append(text)
+
+    def header(self, local: str, peer: str) -> list[str]:
+        gap = self.arrow_width - len(local) - len(peer)
+        pair = local + " " * gap + peer if gap >= 1 else local + self.glyphs.both + peer
+        out: list[str] = []
+        self._emit(out, " " * self.prefix_width + pair, _BOLD, self.prefix_width)
+        return out
+
+    def lines(self, entry: TraceEntry) -> list[str]:
+        if self.t0 is None:
+            self.t0 = entry.time
+        seg = entry.segment
+        if self._learn and seg is not None and (entry.direction not in self.bases or (
+                seg.flags & SYN and entry.direction not in self._syn_ways)):
+            self.bases[entry.direction] = seg.seq
+            if seg.flags & SYN:
+                self._syn_ways.add(entry.direction)
+        out: list[str] = []
+        start = f"{(entry.time - self.t0) * 1000:.3f} ms".rjust(self.time_width) + "  "
+        glyphs = self.glyphs
+        if entry.state_change is not None:
+            old, new = entry.state_change
+            change = f"{old}{glyphs.to}{new}" + (f" ({entry.note})" if entry.note else "")
+            if entry.direction == "out":
+                self.state = new
+                self._emit(out, start + change, _MAGENTA, len(start))
+            else:
+                self._emit(out, start.ljust(self.prefix_width)
+                           + f"peer: {change}".rjust(self.arrow_width), _MAGENTA, len(start))
+            return out
+        label = _label(entry, self.bases if self.relative else {})
+        chunks = _wrap(label, self.arrow_width - 6)  # a long label goes on under its arrow
+        arrow = _arrow(chunks[0], entry.direction, self.arrow_width, glyphs, dashed=seg is None)
+        style = (_RED if seg is None or seg.flags & RST else
+                 _CYAN if entry.direction == "out" else _GREEN)
+        column = (str(self.state or "").ljust(_STATE_WIDTH) + "  ") if self.state_width else ""
+        self._emit(out, start + column + arrow, style, self.prefix_width)
+        for chunk in chunks[1:]:
+            self._emit(out, " " * (self.prefix_width + 3) + chunk, style, self.prefix_width)
+        return out
+
+    def footer(self, entries: Iterable[TraceEntry]) -> list[str]:
+        out: list[str] = []
+        found = _handshake(entries)
+        if found is not None:
+            rtt, client = found
+            what = ("SYN", "SYN-ACK") if client else ("SYN-ACK", "ACK")
+            self._emit(out, f"handshake RTT {rtt * 1000:.3f} ms ({what[0]}{self.glyphs.to}"
+                            f"{what[1]})", _BOLD)
+        if self.relative and self.bases:
+            isns = ", ".join(f"{side} {self.bases[way]}"
+                             for way, side in (("out", "local"), ("in", "peer"))
+                             if way in self.bases)
+            self._emit(out, f"seq/ack relative to the ISNs: {isns}", _DIM)
+        return out
+
+
 def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | None = None,
            color: bool = False, ascii_only: bool = False) -> str:
     """The trace as a text ladder: local endpoint on the left, peer on the right.
@@ -333,68 +424,26 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
     entries = list(trace)
     if not entries:
         return "(empty trace)"
-    glyphs = _ASCII if ascii_only else _UNICODE
     t0 = entries[0].time
     bases = _isns(entries) if relative else {}
-    stamps = [f"{(entry.time - t0) * 1000:.3f} ms" for entry in entries]
-    labels = [_label(entry, bases) for entry in entries]
+    time_width = max(len(f"{(e.time - t0) * 1000:.3f} ms") for e in entries)
     local_changes = [e.state_change for e in entries if e.state_change and e.direction == "out"]
-    state: State | None = local_changes[0][0] if local_changes else None
-    time_width = max(map(len, stamps))
+    peer_changes = [e.state_change for e in entries if e.state_change and e.direction == "in"]
     state_width = _STATE_WIDTH + 2 if local_changes else 0  # the column only when known
     prefix_width = time_width + 2 + state_width
     endpoints = _endpoints(entries)
-    peer_changes = [e.state_change for e in entries if e.state_change and e.direction == "in"]
+    labels = [_label(entry, bases) for entry in entries]
     natural = max([*map(len, labels), sum(map(len, endpoints or ())),
                    *(len(f"{old}{new}") + 14 for old, new in peer_changes), 24]) + 6
-    arrow_width = natural if width is None else max(width - prefix_width, 16)
-
-    def emit(text: str, style: str, plain_upto: int = 0) -> None:
-        """Append a line cut to `width`; colour it after `plain_upto` (ANSI adds no width)."""
-        if width is not None:
-            text = _fit(text, width, glyphs)
-        if color:
-            text = text[:plain_upto] + style + text[plain_upto:] + _RESET
-        lines.append(text)
-
-    lines: list[str] = []
-    if endpoints is not None:
-        local, peer = endpoints
-        gap = arrow_width - len(local) - len(peer)
-        pair = local + " " * gap + peer if gap >= 1 else local + glyphs.both + peer
-        emit(" " * prefix_width + pair, _BOLD, prefix_width)
-
-    for entry, stamp, label in zip(entries, stamps, labels, strict=True):
-        start = stamp.rjust(time_width) + "  "
-        if entry.state_change is not None:
-            old, new = entry.state_change
-            change = f"{old}{glyphs.to}{new}" + (f" ({entry.note})" if entry.note else "")
-            if entry.direction == "out":
-                state = new
-                emit(start + change, _MAGENTA, len(start))
-            else:
-                emit(start.ljust(prefix_width) + f"peer: {change}".rjust(arrow_width),
-                     _MAGENTA, len(start))
-            continue
-        seg = entry.segment
-        chunks = _wrap(label, arrow_width - 6)  # a long label goes on under its arrow
-        arrow = _arrow(chunks[0], entry.direction, arrow_width, glyphs, dashed=seg is None)
-        style = (_RED if seg is None or seg.flags & RST else
-                 _CYAN if entry.direction == "out" else _GREEN)
-        column = (str(state or "").ljust(_STATE_WIDTH) + "  ") if state_width else ""
-        emit(start + column + arrow, style, prefix_width)
-        for chunk in chunks[1:]:
-            emit(" " * (prefix_width + 3) + chunk, style, prefix_width)
-
-    found = _handshake(entries)
-    if found is not None:
-        rtt, client = found
-        what = ("SYN", "SYN-ACK") if client else ("SYN-ACK", "ACK")
-        emit(f"handshake RTT {rtt * 1000:.3f} ms ({what[0]}{glyphs.to}{what[1]})", _BOLD)
-    if bases:
-        isns = ", ".join(f"{side} {bases[way]}" for way, side in (("out", "local"), ("in", "peer"))
-                         if way in bases)
-        emit(f"seq/ack relative to the ISNs: {isns}", _DIM)
+    writer = LadderWriter(
+        arrow_width=natural if width is None else max(width - prefix_width, 16),
+        time_width=time_width, state_column=bool(local_changes), relative=relative,
+        bases=bases, t0=t0, state=local_changes[0][0] if local_changes else None, cut=width,
+        color=color, ascii_only=ascii_only)
+    lines = writer.header(*endpoints) if endpoints is not None else []
+    for entry in entries:
+        lines += writer.lines(entry)
+    lines += writer.footer(entries)
     return "\n".join(lines)
 
 
