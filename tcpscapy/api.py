@@ -1,0 +1,498 @@
+"""The blocking, socket-like API: tcpscapy.connect() and tcpscapy.listen().
+
+    with tcpscapy.connect("10.77.0.2", 7, mss=1000, sack=False) as conn:
+        conn.sendall(b"hello")
+        print(conn.recv())
+        print(conn.trace)            # the segment ladder
+
+    with tcpscapy.listen(8080) as server:
+        conn = server.accept()
+
+Calls block the calling thread, which meanwhile runs the driver loop itself
+(see tcpscapy.io.driver). Errors are tcpscapy.errors exceptions with one-line
+messages; `conn.engine` is the core Connection for reading its fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import socket
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+from tcpscapy import errors, netns
+from tcpscapy.core.config import Config
+from tcpscapy.core.connection import Connection as EngineConnection
+from tcpscapy.core.errors import LocalProtocolError
+from tcpscapy.core.state import State
+from tcpscapy.io.driver import (
+    Driver,
+    DriverClosed,
+    Endpoint,
+    ListenerState,
+    PortInUseError,
+    default_driver,
+)
+from tcpscapy.trace import Trace
+
+__all__ = ["Connection", "Listener", "connect", "listen", "resolve"]
+
+ANY = "0.0.0.0"
+KEEPALIVE_DEFAULT = 7200.0  # keepalive=True: Linux's net.ipv4.tcp_keepalive_time
+
+Address = tuple[str, int]
+
+# ------------------------------------------------------------------------ options
+
+Check = Callable[[str, Any], Any]
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise errors.BadOption(f"option {name} takes True or False, not {value!r}")
+    return value
+
+
+def _int_in(lo: int, hi: int) -> Check:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise errors.BadOption(f"option {name} takes a whole number {lo}-{hi}, not {value!r}")
+        return value
+    return check
+
+
+def _seconds(*, lo: float = 0.0, hi: float = 86400.0 * 365, none_ok: bool = False,
+             zero_ok: bool = False) -> Check:
+    def check(name: str, value: Any) -> float | None:
+        if value is None and none_ok:
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value) and (value > lo or (zero_ok and value == lo)) and value <= hi
+        if not ok:
+            low = f">= {lo:g}" if zero_ok else f"> {lo:g}"
+            extra = " or None" if none_ok else ""
+            raise errors.BadOption(f"option {name} takes seconds {low} and <= {hi:g}{extra}, "
+                                   f"not {value!r}")
+        return float(value)
+    return check
+
+
+def _wscale(name: str, value: Any) -> int | None:
+    if value is None or value is False:
+        return None
+    return int(_int_in(0, 14)(name, value))
+
+
+def _keepalive(name: str, value: Any) -> float | None:
+    if value is True:
+        return KEEPALIVE_DEFAULT
+    if value is False:
+        return None
+    return _seconds(none_ok=True)(name, value)
+
+
+# option name -> (Config field, check); shared by connect() and listen()
+_CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
+    "mss": ("mss", _int_in(64, 65495)),
+    "wscale": ("wscale", _wscale),
+    "sack": ("sack", _flag),
+    "timestamps": ("timestamps", _flag),
+    "window": ("recv_buffer", _int_in(1, 1 << 30)),
+    "send_buffer": ("send_buffer", _int_in(1, 1 << 30)),
+    "nagle": ("nagle", _flag),
+    "keepalive": ("keepalive", _keepalive),
+    "keepalive_interval": ("keepalive_interval", _seconds()),
+    "keepalive_probes": ("keepalive_probes", _int_in(1, 1000)),
+    "user_timeout": ("user_timeout", _seconds(none_ok=True)),
+    "msl": ("msl", _seconds(zero_ok=True)),
+    "rto": ("rto_initial", _seconds(hi=3600.0)),
+    "rto_min": ("rto_min", _seconds(hi=3600.0)),
+    "rto_max": ("rto_max", _seconds(hi=86400.0)),
+    "delayed_ack": ("delayed_ack", _seconds(hi=0.5, zero_ok=True)),
+    "data_retries": ("retries", _int_in(0, 100)),
+    "initial_window": ("initial_window_segments", _int_in(1, 1000)),
+}
+_CONNECT_ONLY = ("retries", "sport", "src", "iface")
+_LISTEN_ONLY = ("retries",)
+
+
+def _build_config(options: dict[str, Any], base: Config | None, *, listening: bool) -> Config:
+    """A Config from keyword options (validated), on top of `base` or the defaults."""
+    if base is not None and not isinstance(base, Config):
+        raise errors.BadOption(f"option config takes a tcpscapy Config, not {base!r}")
+    changes: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "retries":
+            field = "synack_retries" if listening else "syn_retries"
+            changes[field] = _int_in(0, 100)(name, value)
+        elif name in _CONFIG_OPTIONS:
+            field, check = _CONFIG_OPTIONS[name]
+            changes[field] = check(name, value)
+        else:
+            extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
+            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config"]))
+            raise errors.BadOption(f"unknown option {name!r} (known: {known})")
+    config = base or Config()
+    # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
+    if "rto_initial" in changes and "rto_min" not in changes:
+        changes["rto_min"] = min(config.rto_min, changes["rto_initial"])
+    config = config.with_(**changes)
+    if config.rto_min > config.rto_max:
+        raise errors.BadOption(f"rto_min ({config.rto_min:g} s) is above rto_max "
+                               f"({config.rto_max:g} s)")
+    return config
+
+
+# ---------------------------------------------------------------------- addresses
+
+
+def resolve(host: str) -> str:
+    """A dotted IPv4 address for `host` (a name or an address)."""
+    if not isinstance(host, str) or not host.strip():
+        raise errors.BadAddress(f"bad host {host!r}: expected a name or an IPv4 address")
+    host = host.strip()
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.IPv4Address(host))
+    if ":" in host:
+        raise errors.BadAddress(f"IPv6 is not supported: {host}")
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise errors.UnknownHost(f"cannot resolve {host!r}: {reason}") from None
+    if not infos:
+        raise errors.UnknownHost(f"cannot resolve {host!r}: no IPv4 address")
+    return str(infos[0][4][0])
+
+
+def _port(port: Any, *, zero_ok: bool) -> int:
+    lo = 0 if zero_ok else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not lo <= port <= 0xFFFF:
+        raise errors.BadAddress(f"bad port {port!r}: expected {lo}-65535")
+    return port
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn the I/O layer's exceptions into tcpscapy.errors ones, one line each."""
+    from tcpscapy.io.guard import GuardError
+    from tcpscapy.io.ports import PortError, PortInUse
+    from tcpscapy.io.rawsock import LinkError, NoRoute
+
+    try:
+        yield
+    except errors.TcpscapyError:
+        raise
+    except netns.NeedsRoot as exc:
+        raise errors.NeedsRoot(f"{what}: {exc}") from None
+    except NoRoute as exc:
+        raise errors.HostUnreachable(f"{what}: {exc}") from None
+    except (PortInUse, PortInUseError) as exc:
+        raise errors.AddressInUse(f"{what}: {exc}") from None
+    except PortError as exc:
+        raise errors.BadAddress(f"{what}: {exc}") from None
+    except DriverClosed as exc:
+        raise errors.ConnectionClosed(f"{what}: {exc}") from None
+    except (GuardError, LinkError) as exc:
+        raise errors.TcpscapyError(f"{what}: {exc}") from None
+    except ValueError as exc:
+        raise errors.BadAddress(f"{what}: {exc}") from None
+
+
+def _deadline(timeout: float | None, what: str) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0 \
+            or not math.isfinite(timeout):
+        raise errors.UsageError(f"{what}: timeout must be seconds >= 0 or None, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
+# ------------------------------------------------------------------ connections
+
+
+class Connection:
+    """One TCP connection on tcpscapy's engine, used like a blocking socket."""
+
+    def __init__(self, driver: Driver, endpoint: Endpoint) -> None:
+        self._driver = driver
+        self._ep = endpoint
+
+    @property
+    def state(self) -> State:
+        return self._ep.conn.state
+
+    @property
+    def trace(self) -> Trace:
+        return self._ep.trace
+
+    @property
+    def local(self) -> Address:
+        return self._ep.conn.local
+
+    @property
+    def remote(self) -> Address:
+        return self._ep.conn.remote
+
+    @property
+    def engine(self) -> EngineConnection:
+        """The core connection (negotiated options, sequence variables); read, don't call."""
+        return self._ep.conn
+
+    @property
+    def close_reason(self) -> str:
+        return self._ep.conn.close_reason
+
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
+    def _name(self) -> str:
+        (lip, lport), (rip, rport) = self.local, self.remote
+        return f"{lip}:{lport} -> {rip}:{rport}"
+
+    def _failure(self, *, connecting: bool = False) -> errors.TcpscapyError:
+        """The exception that says why the connection is gone."""
+        ep = self._ep
+        rip, rport = self.remote
+        reason = ep.conn.close_reason or "closed"
+        if ep.refused:
+            return errors.ConnectionRefused(f"connection to {rip}:{rport} refused")
+        if ep.reset:
+            return errors.ConnectionReset(f"{self._name()}: connection reset by the peer")
+        if ep.timed_out:
+            cls = errors.ConnectTimeout if connecting else errors.TimedOut
+            return cls(f"{rip}:{rport}: {reason}")
+        if ep.app_closed:
+            return errors.ConnectionClosed(f"{self._name()}: the connection is closed")
+        return errors.ConnectionClosed(f"{self._name()}: {reason}")
+
+    def _check_send(self) -> None:
+        ep = self._ep
+        if ep.closed or ep.app_closed:
+            raise self._failure()
+
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> int:
+        """Queue all of `data`, blocking while the send buffer is full; returns len(data)."""
+        view = memoryview(data).cast("B")
+        total, sent = len(view), 0
+        deadline = _deadline(timeout, "send")
+        drv, ep = self._driver, self._ep
+        conn = ep.conn
+        with drv.lock:
+            while True:
+                self._check_send()
+                space = conn.send_space
+                if sent < total and space:
+                    try:
+                        sent += conn.send(bytes(view[sent : sent + space]))
+                    except LocalProtocolError:
+                        raise errors.ConnectionClosed(
+                            f"{self._name()}: cannot send in {conn.state} after shutdown()"
+                        ) from None
+                    drv.app_call(ep)
+                if sent >= total:
+                    return sent
+                with _translated("send"):
+                    room = drv.wait(lambda: conn.send_space > 0 or ep.closed or ep.app_closed,
+                                    deadline)
+                if not room:
+                    raise errors.TimedOut(f"send timed out after {timeout:g} s with "
+                                          f"{total - sent} of {total} bytes not queued")
+
+    def sendall(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """As send(): every byte is queued when it returns."""
+        self.send(data, timeout)
+
+    def recv(self, max: int = 65536, timeout: float | None = None) -> bytes:
+        """Up to `max` received bytes, blocking until there are some; b'' once the peer closed."""
+        if isinstance(max, bool) or not isinstance(max, int) or max <= 0:
+            raise errors.UsageError(f"recv: max must be a positive number of bytes, not {max!r}")
+        deadline = _deadline(timeout, "recv")
+        drv, ep = self._driver, self._ep
+        with drv.lock:
+            with _translated("recv"):
+                ready = drv.wait(lambda: bool(ep.rx) or ep.eof or ep.closed or ep.app_closed,
+                                 deadline)
+            if ep.rx and not ep.app_closed:
+                data = bytes(ep.rx[:max])
+                del ep.rx[:max]
+                if not ep.closed:
+                    ep.conn.data_consumed(len(data))  # reopen the window
+                    drv.app_call(ep)
+                return data
+            if not ready:
+                raise errors.TimedOut(f"recv timed out after {timeout:g} s")
+            if ep.app_closed or ep.reset or (ep.closed and ep.timed_out):
+                raise self._failure()
+            return b""
+
+    def shutdown(self) -> None:
+        """Half-close: send FIN after the queued data; recv() keeps working."""
+        drv, ep = self._driver, self._ep
+        with drv.lock:
+            self._check_send()
+            try:
+                ep.conn.shutdown()
+            except LocalProtocolError:
+                raise errors.ConnectionClosed(
+                    f"{self._name()}: cannot shut down in {ep.conn.state}") from None
+            drv.app_call(ep)
+
+    def close(self) -> None:
+        """Close: FIN after the queued data (the exchange finishes in the background)."""
+        drv, ep = self._driver, self._ep
+        with drv.lock:
+            if ep.app_closed:
+                return
+            ep.app_closed = True
+            ep.rx.clear()
+            if not ep.closed and not drv.closed:
+                ep.conn.close()
+                drv.app_call(ep)
+
+    def abort(self) -> None:
+        """Reset the connection (RST) and forget it at once."""
+        drv, ep = self._driver, self._ep
+        with drv.lock:
+            ep.app_closed = True
+            ep.rx.clear()
+            if not ep.closed and not drv.closed:
+                ep.conn.abort()
+                drv.app_call(ep)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tcpscapy.Connection {self._name()} {self.state}>"
+
+
+def connect(host: str, port: int, *, timeout: float | None = None,
+            driver: Driver | None = None, **options: Any) -> Connection:
+    """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
+
+    Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
+    send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
+    nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
+    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config.
+    """
+    ip = resolve(host)
+    port = _port(port, zero_ok=False)
+    deadline = _deadline(timeout, "connect")
+    sport = options.pop("sport", None)
+    if sport is not None:
+        sport = _port(sport, zero_ok=False)
+    src = options.pop("src", None)
+    if src is not None:
+        src = resolve(src)
+    iface = options.pop("iface", None)
+    if iface is not None and (not isinstance(iface, str) or not iface):
+        raise errors.BadOption(f"option iface takes an interface name, not {iface!r}")
+    base = options.pop("config", None)
+    config = _build_config(options, base, listening=False)
+    drv = driver or default_driver()
+    with _translated(f"connect to {ip}:{port}"):
+        ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface)
+    conn = Connection(drv, ep)
+    with drv.lock:
+        with _translated(f"connect to {ip}:{port}"):
+            done = drv.wait(lambda: ep.connected or ep.closed, deadline)
+        if ep.connected:
+            return conn
+        if not done:
+            ep.app_closed = True
+            ep.conn.close()  # in SYN-SENT this deletes the connection at once
+            drv.app_call(ep)
+            raise errors.ConnectTimeout(f"connect to {ip}:{port} timed out after {timeout:g} s")
+        raise conn._failure(connecting=True)
+
+
+# ---------------------------------------------------------------------- listeners
+
+
+class Listener:
+    """A listening port on tcpscapy's engine; accept() returns Connections."""
+
+    def __init__(self, driver: Driver, state: ListenerState) -> None:
+        self._driver = driver
+        self._ls = state
+
+    @property
+    def local(self) -> Address:
+        return self._ls.listener.local
+
+    @property
+    def port(self) -> int:
+        return self._ls.listener.local[1]
+
+    @property
+    def closed(self) -> bool:
+        return self._ls.closed
+
+    @property
+    def engine(self) -> Any:
+        """The core Listener (counters such as syns_received)."""
+        return self._ls.listener
+
+    def accept(self, timeout: float | None = None) -> Connection:
+        """The next established connection, blocking until one arrives."""
+        deadline = _deadline(timeout, "accept")
+        drv, ls = self._driver, self._ls
+        with drv.lock:
+            while True:
+                ep = drv.accept(ls)
+                if ep is not None:
+                    return Connection(drv, ep)
+                if ls.closed:
+                    raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")
+                with _translated("accept"):
+                    if not drv.wait(lambda: ls.closed or ls.listener.ready > 0, deadline):
+                        raise errors.TimedOut(f"accept timed out after {timeout:g} s")
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset, accepted ones live on."""
+        with self._driver.lock:
+            if not self._driver.closed:
+                self._driver.close_listener(self._ls)
+            self._ls.closed = True
+
+    def _name(self) -> str:
+        ip, port = self.local
+        return f"{ip}:{port}"
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tcpscapy.Listener {self._name()} {'closed' if self.closed else 'LISTEN'}>"
+
+
+def listen(port: int, host: str | None = None, *, backlog: int = 128,
+           driver: Driver | None = None, **options: Any) -> Listener:
+    """Listen on [host:]port (all local addresses when host is None; port 0 picks one).
+
+    Options as for connect(), except that retries counts SYN-ACK retransmissions
+    and sport/src/iface do not apply.
+    """
+    port = _port(port, zero_ok=True)
+    ip = ANY if host is None else resolve(host)
+    backlog = _int_in(1, 65535)("backlog", backlog)
+    base = options.pop("config", None)
+    config = _build_config(options, base, listening=True)
+    drv = driver or default_driver()
+    with _translated(f"listen on {ip}:{port}"):
+        state = drv.listen(ip, port, backlog=backlog, config=config)
+    return Listener(drv, state)

@@ -1,0 +1,962 @@
+"""The driver: the one loop that joins the core engine to the wire.
+
+A Driver owns a core `Stack`, the raw-socket links (opened once per interface
+and next hop, reused for the life of the driver), one RST guard, the reserved
+local ports, and a selector over the links, the guard's queue and a wakeup fd.
+One turn of the loop: read every queued packet, decode it, hand the engine
+only segments for a local (address, port) we own -- AF_PACKET also shows us the
+kernel's own connections, which we must neither feed nor answer -- give the
+guard its verdicts, fire due timers, then encode and send what the engine
+wants sent. Every segment and state change goes into its connection's Trace.
+
+Threading, leader/follower: whoever runs the loop is the *leader*, and only the
+leader blocks in select(). A background thread leads while nobody else needs
+to; an application thread that must wait (for the SYN-ACK, for data, for send
+space) first reads the sockets itself, then takes over the leadership so the
+packets it waits for are processed on its own thread, without a hand-off.
+All engine access happens under one lock; blocked callers wait on a Condition.
+
+Drivers are per network namespace: a driver's sockets, port reservations and
+iptables rules live in the namespace it was created in, and it enters that
+namespace for every kernel-facing call made from a thread that is elsewhere.
+`default_driver()` keeps one per namespace.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from tcpscapy import netns
+from tcpscapy.core import events as ev
+from tcpscapy.core.config import Config
+from tcpscapy.core.connection import Connection
+from tcpscapy.core.errors import LocalProtocolError
+from tcpscapy.core.segment import Segment
+from tcpscapy.core.stack import ANY, Listener, Stack
+from tcpscapy.core.state import State
+from tcpscapy.io import codec
+from tcpscapy.io.rawsock import DEFAULT_MARK, LinkError, Received
+from tcpscapy.trace import Trace
+
+__all__ = [
+    "Driver",
+    "DriverClosed",
+    "Endpoint",
+    "ListenerState",
+    "PortUse",
+    "close_all",
+    "default_driver",
+]
+
+Address = tuple[str, int]
+FourTuple = tuple[str, int, str, int]
+
+RECV_BATCH = 64  # packets per recv_many call
+RECV_MAX_PER_TURN = 1024  # bound one turn so timers and the app get their share
+WARM_PORTS = 64  # idle client ports kept reserved (with their guard rule) for reuse
+LINGER = 2.0  # seconds close() waits for our FINs to be acknowledged
+ORPHAN_TRACE = 1000  # entries kept of segments that belong to no connection
+_LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+_OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
+_THREAD_NETNS = "/proc/thread-self/ns/net"
+_CLONE_NEWNET = 0x40000000
+_SO_ATTACH_FILTER = 26
+_DROP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0)  # classic BPF: ret 0
+
+
+class DriverClosed(RuntimeError):
+    """The driver was closed (or its loop failed); it takes no more work."""
+
+
+# -- what the driver needs from the outside world (fakes stand in for tests) ---------
+
+
+class LinkLike(Protocol):
+    iface: str
+    src_ip: str
+    dst_mac: str | None
+
+    def send(self, packet: bytes) -> None: ...
+    def recv_many(self, max_n: int = ...) -> list[Received]: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class GuardLike(Protocol):
+    dropped: int
+
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def own_port(self, local_ip: str, local_port: int) -> None: ...
+    def disown_port(self, local_ip: str, local_port: int) -> None: ...
+    def fileno(self) -> int: ...
+    def process_pending(self) -> int: ...
+
+
+class ReservationLike(Protocol):
+    ip: str
+    port: int
+
+    def close(self) -> None: ...
+
+
+LinkOpener = Callable[[str, str | None, str | None], LinkLike]  # (dst, src, iface)
+ReceiverOpener = Callable[[str], list[LinkLike]]  # local ip (0.0.0.0: all) -> readers
+PortReserver = Callable[[str, int], ReservationLike]  # (ip, port or 0)
+GuardFactory = Callable[[], GuardLike]
+
+
+def _open_link(dst: str, src: str | None, iface: str | None) -> LinkLike:
+    from tcpscapy.io.rawsock import open_link
+
+    return open_link(dst, src_ip=src, iface=iface, mark=DEFAULT_MARK)
+
+
+def _open_receivers(ip: str) -> list[LinkLike]:
+    """Receive-only links for segments to local address `ip` (0.0.0.0: every address).
+
+    Each address is read on its own interface and on `lo`, which carries what
+    this host sends to itself.
+    """
+    from tcpscapy.io import rawsock
+
+    links: list[LinkLike] = []
+    try:
+        for iface, addr in _local_addresses():
+            if ip not in (ANY, addr):
+                continue
+            for dev in dict.fromkeys((iface, "lo")):
+                # rawsock has no receive-only opener yet; its socket helper is the one we need.
+                sock = rawsock._packet_socket(dev, addr)
+                links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr, dst_ip=addr,
+                                          src_mac=None, dst_mac=None, next_hop=None,
+                                          mark=DEFAULT_MARK))
+    except PermissionError:
+        for link in links:
+            link.close()
+        raise rawsock.LinkNeedsRoot("raw sockets need root (CAP_NET_RAW)") from None
+    except BaseException:
+        for link in links:
+            link.close()
+        raise
+    return links
+
+
+def _local_addresses() -> list[tuple[str, str]]:
+    """(interface, IPv4 address) pairs of the calling thread's namespace, from `ip`."""
+    import json
+    import subprocess
+
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LinkError(f"cannot list local addresses with `ip`: {_one_line(exc)}") from None
+    return [(link["ifname"], info["local"]) for link in json.loads(out or "[]")
+            for info in link.get("addr_info", ()) if info.get("family") == "inet"]
+
+
+def _reserve_port(ip: str, port: int) -> ReservationLike:
+    from tcpscapy.io.ports import reserve_port
+
+    return reserve_port(ip, port)
+
+
+def _make_guard() -> GuardLike:
+    from tcpscapy.io.guard import RstGuard
+
+    return RstGuard(mark=DEFAULT_MARK)
+
+
+# -- bookkeeping ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class PortUse:
+    """A local (ip, port) we hold: kernel reservation plus guard rule, shared by users.
+
+    A listening port is used by the listener and by every connection it spawned;
+    a client port by one connection at a time, then it goes back to the warm pool.
+    """
+
+    key: Address
+    reservation: ReservationLike
+    listening: bool
+    refs: int = 0
+
+
+class Endpoint:
+    """What the driver knows about one engine connection, for the blocking API."""
+
+    __slots__ = ("app_closed", "closed", "conn", "connected", "eof", "key", "last_state",
+                 "listener", "port", "refused", "reset", "rx", "trace")
+
+    def __init__(self, conn: Connection, port: PortUse, trace: Trace,
+                 listener: ListenerState | None = None) -> None:
+        self.conn = conn
+        self.key: FourTuple = (*conn.local, *conn.remote)
+        self.port = port
+        self.trace = trace
+        self.listener = listener
+        self.rx = bytearray()  # delivered by the engine, not yet read by the app
+        self.connected = False
+        self.eof = False  # the peer's FIN arrived
+        self.reset = False
+        self.refused = False
+        self.closed = False  # the engine reached CLOSED
+        self.app_closed = False  # close() or abort() was called
+        self.last_state = State.CLOSED  # the state before CLOSED: tells why it closed
+
+    @property
+    def timed_out(self) -> bool:
+        """Closed because the peer went silent (retries, user timeout, keepalive)."""
+        return self.closed and not self.reset and not self.app_closed and \
+            self.last_state not in (State.LAST_ACK, State.CLOSING, State.TIME_WAIT)
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.conn!r}>"
+
+
+class ListenerState:
+    __slots__ = ("closed", "listener", "port")
+
+    def __init__(self, listener: Listener, port: PortUse) -> None:
+        self.listener = listener
+        self.port = port
+        self.closed = False
+
+
+@dataclass
+class Stats:
+    received: int = 0  # segments handed to the engine
+    foreign: int = 0  # valid TCP for an address/port we do not own: ignored
+    undecodable: int = 0  # not IPv4/TCP, bad checksum, truncated
+    sent: int = 0
+    send_errors: int = 0
+
+
+# -- namespaces -------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        if err == 1:  # EPERM
+            raise netns.NeedsRoot("entering the driver's network namespace needs root")
+        raise OSError(err, f"setns failed: {os.strerror(err)}")
+
+
+# -- the driver -------------------------------------------------------------------------
+
+_WAKE = "wake"
+_GUARD = "guard"
+
+
+class Driver:
+    """One event loop over raw sockets for a core Stack; see the module docstring."""
+
+    def __init__(self, config: Config | None = None, *, open_link: LinkOpener = _open_link,
+                 open_receivers: ReceiverOpener = _open_receivers,
+                 reserve_port: PortReserver = _reserve_port,
+                 make_guard: GuardFactory | None = _make_guard, warm_ports: int = WARM_PORTS,
+                 background: bool = True) -> None:
+        config = config or Config()
+        if config.secret == bytes(len(config.secret)):
+            config = config.with_(secret=os.urandom(16))
+        self.config = config
+        self.stack = Stack(config)
+        self.stats = Stats()
+        self.orphans = Trace(maxlen=ORPHAN_TRACE, time_offset=_wall_offset())
+        self._open_link = open_link
+        self._open_receivers = open_receivers
+        self._reserve_port = reserve_port
+        self._make_guard = make_guard
+        self._warm_limit = warm_ports
+        self._background = background
+        self.guard: GuardLike | None = None
+        # The namespace this driver lives in, held open so its id stays unique.
+        self._ns_fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        self._ns_id = os.fstat(self._ns_fd).st_ino
+        # Engine lock; `_changed` wakes app threads, `_bg_idle` the background thread.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._bg_idle = threading.Condition(self._lock)
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._leader: int | None = None
+        self._leader_wake_at = float("inf")
+        self._want_lead = 0  # app threads inside wait()
+        self._thread: threading.Thread | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._woken = False
+        self._selector.register(self._wake_fd, selectors.EVENT_READ, _WAKE)
+        # Links: by route request, by (src, dst) for output, dedup by sender and reader.
+        self._route_links: dict[tuple[str, str | None, str | None], LinkLike] = {}
+        self._links: dict[tuple[str, str], LinkLike] = {}
+        self._senders: dict[tuple[str, str, str | None], LinkLike] = {}
+        self._readers: dict[tuple[str, str], LinkLike] = {}
+        self._reader_list: list[LinkLike] = []
+        self._all_links: list[LinkLike] = []
+        # Ports and connections.
+        self._ports: dict[Address, PortUse] = {}
+        self._warm: dict[str, deque[PortUse]] = {}
+        self._eps: dict[FourTuple, Endpoint] = {}
+        self._listeners: dict[Address, ListenerState] = {}
+        self._finished: list[Endpoint] = []
+        self._dirty = False  # something changed that waiters should look at
+        _all_drivers.add(self)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Hold it around engine calls; `wait` must be called with it held."""
+        return self._lock
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def owned(self) -> set[Address]:
+        """Local (ip, port) pairs whose segments go to the engine (0.0.0.0 = any ip)."""
+        return set(self._ports)
+
+    def connections(self) -> list[Endpoint]:
+        with self._lock:
+            return list(self._eps.values())
+
+    def is_ours(self, seg: Segment) -> bool:
+        """True if the segment is addressed to a local (ip, port) we hold."""
+        ports = self._ports
+        return (seg.dst, seg.dport) in ports or (ANY, seg.dport) in ports
+
+    def open_connection(self, remote: Address, *, config: Config | None = None,
+                        src: str | None = None, sport: int | None = None,
+                        iface: str | None = None) -> Endpoint:
+        """Active open: send the SYN and return at once (wait for `ep.connected`)."""
+        self._start()
+        link = self._link_for(remote[0], src, iface)
+        local_ip = src or link.src_ip
+        port = self._client_port(local_ip, sport)
+        with self._lock:
+            self._check_open()
+            now = time.monotonic()
+            try:
+                conn = self.stack.connect((local_ip, port.key[1]), remote, now,
+                                          config=self._config(config))
+            except LocalProtocolError as exc:
+                self._unref(port)
+                raise OSError(str(exc)) from None
+            ep = Endpoint(conn, port, Trace(time_offset=_wall_offset()))
+            self._eps[ep.key] = ep
+            self._dispatch(ep, now)
+            self._flush(now)
+            self._after_app_call()
+        return ep
+
+    def listen(self, ip: str, port: int, *, backlog: int | None = None,
+               config: Config | None = None) -> ListenerState:
+        """Passive open on (ip, port); ip 0.0.0.0 listens on every local address."""
+        self._start()
+        use = self._hold_port(ip, port, listening=True)
+        try:
+            with self._in_namespace():
+                receivers = self._open_receivers(ip)
+        except BaseException:
+            with self._lock:
+                self._unref(use)
+            raise
+        with self._lock:
+            for link in receivers:
+                self._adopt_reader(link)
+            try:
+                self._check_open()
+                listener = self.stack.listen(ip, use.key[1], backlog=backlog,
+                                             config=self._config(config))
+            except BaseException:
+                self._unref(use)
+                raise
+            state = ListenerState(listener, use)
+            self._listeners[listener.local] = state
+        return state
+
+    def accept(self, ls: ListenerState) -> Endpoint | None:
+        """The next established connection of `ls`, or None (lock held)."""
+        while (conn := ls.listener.accept()) is not None:
+            ep = self._eps.get((*conn.local, *conn.remote))
+            if ep is not None and ep.conn is conn:
+                return ep
+        return None
+
+    def close_listener(self, ls: ListenerState) -> None:
+        """Stop listening; connections not yet accepted are reset (lock held)."""
+        if ls.closed:
+            return
+        ls.closed = True
+        ls.listener.close()
+        self._listeners.pop(ls.listener.local, None)
+        now = time.monotonic()
+        for ep in list(self._eps.values()):
+            if ep.listener is ls:
+                self._dispatch(ep, now)
+        self._flush(now)
+        self._unref(ls.port)
+        self._after_app_call()
+
+    def app_call(self, ep: Endpoint) -> None:
+        """After the app called into `ep.conn` (lock held): events, output, wake the loop."""
+        now = time.monotonic()
+        self._dispatch(ep, now)
+        self._flush(now)
+        self._after_app_call()
+
+    def wait(self, ready: Callable[[], bool], deadline: float | None = None) -> bool:
+        """Block (lock held) until `ready()` or the monotonic `deadline`; False on timeout.
+
+        The caller runs the loop itself whenever no one else is: first one look
+        at the sockets, then as the leader, so what it waits for is handled on
+        its own thread.
+        """
+        if ready():
+            return True
+        self._check_alive()
+        me = threading.get_ident()
+        self._want_lead += 1
+        try:
+            self._service(None)  # the answer may already be queued
+            if self._dirty:
+                self._notify()
+            while not ready():
+                self._check_alive()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                if self._leader is None:
+                    self._lead_once(deadline)
+                else:
+                    if self._leader != me and self._leader == self._bg_ident():
+                        self._wake()  # the background thread steps aside for us
+                    self._changed.wait(None if deadline is None else deadline - now)
+            return True
+        finally:
+            self._want_lead -= 1
+            if self._want_lead == 0 and self._leader is None:
+                self._bg_idle.notify()
+
+    def close(self, linger: float = LINGER) -> None:
+        """Close every connection (FIN; RST after `linger` s), stop the loop, free all."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._started and self._failure is None:
+                self._close_everything(linger)
+            self._closed = True
+            self._wake()
+            self._bg_idle.notify_all()
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock, self._in_namespace():
+            self._release_everything()
+        _all_drivers.discard(self)
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._eps)} connections"
+        return f"<Driver netns={self._ns_id} {state}>"
+
+    # ---------------------------------------------------------------- the loop
+
+    def _bg_ident(self) -> int | None:
+        thread = self._thread
+        return thread.ident if thread is not None else None
+
+    def _lead_once(self, deadline: float | None) -> None:
+        """Be the leader for one select() and one turn of the loop (lock held)."""
+        self._leader = threading.get_ident()
+        now = time.monotonic()
+        due = self.stack.get_timer()
+        if deadline is not None:
+            due = deadline if due is None else min(due, deadline)
+        timeout = None if due is None else max(due - now, 0.0)
+        self._leader_wake_at = float("inf") if due is None else due
+        self._lock.release()
+        try:
+            ready = self._selector.select(timeout)
+        finally:
+            self._lock.acquire()
+            self._leader = None
+        if self._closed:
+            return  # close() may have freed the sockets meanwhile
+        self._service(ready)
+        self._notify()
+
+    def _service(self, ready: list[tuple[selectors.SelectorKey, int]] | None) -> None:
+        """One turn (lock held): input, guard verdicts, timers, output."""
+        now = time.monotonic()
+        if ready:
+            for key, _ in ready:
+                if key.data == _WAKE:
+                    self._woken = False
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake_fd)
+                elif key.data == _GUARD and self.guard is not None:
+                    self.guard.process_pending()
+        self._receive(now)
+        due = self.stack.get_timer()
+        if due is not None and due <= now:
+            self._fire_timers(now)
+        self._flush(now)
+
+    def _receive(self, now: float) -> None:
+        stack, eps = self.stack, self._eps
+        stats = self.stats
+        for link in self._reader_list:
+            taken = 0
+            while taken < RECV_MAX_PER_TURN:
+                batch = link.recv_many(RECV_BATCH)
+                taken += len(batch)
+                for packet, skip_csum in batch:
+                    seg = codec.decode(packet, verify_checksum=not skip_csum)
+                    if seg is None:
+                        stats.undecodable += 1
+                        continue
+                    if not self.is_ours(seg):
+                        stats.foreign += 1  # e.g. the kernel's own connections
+                        continue
+                    stats.received += 1
+                    stack.receive(seg, now)
+                    key = (seg.dst, seg.dport, seg.src, seg.sport)
+                    ep = eps.get(key)
+                    conn = stack.connection((seg.dst, seg.dport), (seg.src, seg.sport))
+                    if conn is not None and (ep is None or ep.conn is not conn):
+                        ep = self._adopt_passive(conn, ep)
+                    if ep is None:
+                        self.orphans.record_segment(now, "in", seg)
+                        continue
+                    ep.trace.record_segment(now, "in", seg)
+                    self._dispatch(ep, now)
+                if len(batch) < RECV_BATCH:
+                    break
+
+    def _adopt_passive(self, conn: Connection, stale: Endpoint | None) -> Endpoint | None:
+        """A connection the engine made from a SYN (possibly replacing a TIME-WAIT one)."""
+        if stale is not None:  # the engine dropped it without an event: a new SYN ended it
+            stale.closed = True
+            stale.last_state = State.TIME_WAIT
+            self._finished.append(stale)
+        owner = conn.listener
+        ls = self._listeners.get(owner.local) if owner is not None else None
+        if ls is None:
+            return None
+        ep = Endpoint(conn, ls.port, Trace(time_offset=_wall_offset()), ls)
+        ls.port.refs += 1
+        self._eps[ep.key] = ep
+        return ep
+
+    def _fire_timers(self, now: float) -> None:
+        due = [ep for ep in self._eps.values()
+               if (t := ep.conn.get_timer()) is not None and t <= now]
+        self.stack.handle_timer(now)
+        for ep in due:
+            self._dispatch(ep, now)
+
+    def _dispatch(self, ep: Endpoint, now: float) -> None:
+        """Turn the connection's events into Endpoint fields and trace entries."""
+        conn = ep.conn
+        while (event := conn.next_event()) is not None:
+            self._dirty = True
+            kind = type(event)
+            if kind is ev.DataReceived:
+                ep.rx += event.data  # type: ignore[attr-defined]
+            elif kind is ev.StateChanged:
+                old, new = event.old, event.new  # type: ignore[attr-defined]
+                ep.trace.record_state(now, old, new)
+                if new is State.CLOSED:
+                    ep.last_state = old
+            elif kind is ev.Connected:
+                ep.connected = True
+            elif kind is ev.PeerClosed:
+                ep.eof = True
+            elif kind is ev.Reset:
+                ep.reset = True
+                ep.refused = event.refused  # type: ignore[attr-defined]
+            elif kind is ev.Closed and not ep.closed:
+                ep.closed = True
+                self._finished.append(ep)
+
+    def _flush(self, now: float) -> None:
+        eps, orphans = self._eps, self.orphans
+        for seg in self.stack.segments_to_send(now):
+            ep = eps.get((seg.src, seg.sport, seg.dst, seg.dport))
+            note = self._transmit(seg)
+            (ep.trace if ep is not None else orphans).record_segment(now, "out", seg, note)
+        if self._finished:
+            self._reap()
+
+    def _transmit(self, seg: Segment) -> str:
+        """Send one segment; '' or why it was not sent (never raises)."""
+        try:
+            link = self._links.get((seg.src, seg.dst))
+            if link is None:
+                with self._in_namespace():
+                    link = self._adopt_link((seg.dst, seg.src, None),
+                                            self._open_link(seg.dst, seg.src, None))
+            link.send(codec.encode(seg))
+        except (LinkError, OSError, ValueError) as exc:
+            self.stats.send_errors += 1
+            return f"not sent: {_one_line(exc)}"
+        self.stats.sent += 1
+        return ""
+
+    def _reap(self) -> None:
+        """Forget connections the engine closed; give back their ports."""
+        finished, self._finished = self._finished, []
+        for ep in finished:
+            if self._eps.get(ep.key) is ep and self.stack.connection(
+                    ep.conn.local, ep.conn.remote) is not ep.conn:
+                del self._eps[ep.key]
+            elif self._eps.get(ep.key) is ep:
+                self._finished.append(ep)  # still in the engine until its next flush
+                continue
+            self._unref(ep.port)
+
+    def _notify(self) -> None:
+        self._dirty = False
+        self._changed.notify_all()
+
+    def _wake(self) -> None:
+        if not self._woken and not self._closed_fds():
+            self._woken = True
+            os.eventfd_write(self._wake_fd, 1)
+
+    def _closed_fds(self) -> bool:
+        return self._wake_fd < 0
+
+    def _after_app_call(self) -> None:
+        """Tell a sleeping leader on another thread if the earliest timer moved up."""
+        if self._dirty:
+            self._notify()
+        leader = self._leader
+        if leader is not None and leader != threading.get_ident():
+            due = self.stack.get_timer()
+            if due is not None and due < self._leader_wake_at:
+                self._wake()
+
+    def _check_alive(self) -> None:
+        if self._failure is not None:
+            raise DriverClosed(f"the driver loop failed: {_one_line(self._failure)}")
+        if self._closed:
+            raise DriverClosed("the driver is closed")
+
+    def _check_open(self) -> None:
+        self._check_alive()
+        if self._closing:
+            raise DriverClosed("the driver is closing")
+
+    def _run(self) -> None:
+        """The background thread: lead whenever no application thread wants to."""
+        try:
+            if netns.current_id() != self._ns_id:
+                _setns(self._ns_fd)  # this thread lives in the driver's namespace
+            with self._lock:
+                while not self._closed:
+                    if self._leader is None and self._want_lead == 0:
+                        self._lead_once(None)
+                    else:
+                        self._bg_idle.wait()
+        except BaseException as exc:  # a bug in the loop must not leave callers hanging
+            with self._lock:
+                self._failure = exc
+                self._changed.notify_all()
+
+    # -------------------------------------------------------------- setting up
+
+    def _start(self) -> None:
+        """Start the RST guard and the background thread, once."""
+        if self._started:
+            self._check_open()
+            return
+        with self._start_lock:
+            self._check_open()
+            if self._started:
+                return
+            if self._make_guard is not None:
+                with self._in_namespace():
+                    guard = self._make_guard()
+                    guard.start()
+                with self._lock:
+                    self.guard = guard
+                    self._selector.register(guard.fileno(), selectors.EVENT_READ, _GUARD)
+            if self._background:
+                self._thread = threading.Thread(target=self._run, name="tcpscapy-driver",
+                                                daemon=True)
+                self._thread.start()
+            self._started = True
+
+    def _config(self, config: Config | None) -> Config:
+        if config is None:
+            return self.config
+        if config.secret == bytes(len(config.secret)):
+            config = config.with_(secret=self.config.secret)
+        return config
+
+    def _link_for(self, dst: str, src: str | None, iface: str | None) -> LinkLike:
+        """The link towards `dst`, opened on first use (slow: route, ARP) outside the lock."""
+        key = (dst, src, iface)
+        with self._lock:
+            link = self._route_links.get(key)
+        if link is not None:
+            return link
+        with self._in_namespace():
+            new = self._open_link(dst, src, iface)
+        with self._lock:
+            return self._adopt_link(key, new)
+
+    def _adopt_link(self, key: tuple[str, str | None, str | None], new: LinkLike) -> LinkLike:
+        """Keep one link per route and per sender; one reader per (iface, address)."""
+        link = self._route_links.get(key) or self._senders.get(
+            (new.iface, new.src_ip, new.dst_mac))
+        if link is not None:
+            new.close()
+        else:
+            link = new
+            self._senders[(link.iface, link.src_ip, link.dst_mac)] = link
+            if not self._adopt_reader(link, keep=True):
+                _mute(link)  # the reader already sees this traffic; no second copy
+        self._route_links[key] = link
+        self._links[(link.src_ip, key[0])] = link
+        return link
+
+    def _adopt_reader(self, link: LinkLike, *, keep: bool = False) -> bool:
+        """Read from `link` unless (iface, address) has a reader; else close it unless `keep`."""
+        reader = (link.iface, link.src_ip)
+        if reader in self._readers:
+            if keep:
+                self._all_links.append(link)
+            else:
+                link.close()
+            return False
+        self._all_links.append(link)
+        self._readers[reader] = link
+        self._reader_list.append(link)
+        self._selector.register(link.fileno(), selectors.EVENT_READ, link)
+        return True
+
+    def _client_port(self, ip: str, sport: int | None) -> PortUse:
+        """A local port for an active open: a warm one, the one asked for, or a new one."""
+        with self._lock:
+            if sport:
+                use = self._ports.get((ip, sport))
+                if use is not None:
+                    if use.listening or use.refs:
+                        raise PortInUseError(f"local port {ip}:{sport} is in use")
+                    self._warm[ip].remove(use)
+                    use.refs = 1
+                    return use
+            else:
+                pool = self._warm.get(ip)
+                if pool:
+                    use = pool.popleft()
+                    use.refs = 1
+                    return use
+        use = self._hold_port(ip, sport or 0, listening=False)
+        return use
+
+    def _hold_port(self, ip: str, port: int, *, listening: bool) -> PortUse:
+        """Reserve (ip, port) in the kernel and install its guard rule (slow, no lock)."""
+        with self._lock:
+            if port and ((ip, port) in self._ports or (ANY, port) in self._ports
+                         or (ip == ANY and any(p == port for _, p in self._ports))):
+                raise PortInUseError(f"local port {ip}:{port} is in use")
+        with self._in_namespace():
+            reservation = self._reserve_port(ip, port)
+            try:
+                if self.guard is not None:
+                    self.guard.own_port(ip, reservation.port)
+            except BaseException:
+                reservation.close()
+                raise
+        use = PortUse((ip, reservation.port), reservation, listening, refs=1)
+        with self._lock:
+            self._ports[use.key] = use
+        return use
+
+    def _unref(self, use: PortUse) -> None:
+        """One user fewer (lock held): warm a client port, release a listening one."""
+        use.refs -= 1
+        if use.refs > 0:
+            return
+        pool = self._warm.setdefault(use.key[0], deque())
+        if not use.listening and not self._closing and len(pool) < self._warm_limit:
+            pool.append(use)
+            return
+        self._release_port(use)
+
+    def _release_port(self, use: PortUse) -> None:
+        if self._ports.pop(use.key, None) is None:
+            return
+        try:
+            if self.guard is not None:
+                with self._in_namespace():
+                    self.guard.disown_port(*use.key)
+        finally:
+            use.reservation.close()
+
+    # -------------------------------------------------------------- tearing down
+
+    def _close_everything(self, linger: float) -> None:
+        """FIN every open connection, wait up to `linger` s for the ACKs, RST the rest."""
+        now = time.monotonic()
+        for ls in list(self._listeners.values()):
+            ls.closed = True
+            ls.listener.close()
+        self._listeners.clear()
+        for ep in list(self._eps.values()):
+            if ep.conn.state in _OPEN or ep.conn.state is State.SYN_SENT:
+                ep.app_closed = True
+                ep.conn.close()
+            self._dispatch(ep, now)
+        self._flush(now)
+        if linger > 0:
+            with contextlib.suppress(DriverClosed):
+                self.wait(lambda: not any(ep.conn.state in _LINGERING
+                                          for ep in self._eps.values()),
+                          time.monotonic() + linger)
+        now = time.monotonic()
+        for ep in list(self._eps.values()):
+            if ep.conn.state not in (State.CLOSED, State.TIME_WAIT, State.FIN_WAIT_2):
+                ep.conn.abort()
+            self._dispatch(ep, now)
+        self._flush(now)
+
+    def _release_everything(self) -> None:
+        """Free every kernel resource (lock held, in our namespace); best effort, all of it."""
+        errors: list[BaseException] = []
+        for use in self._ports.values():
+            use.reservation.close()  # guard.stop() below removes every rule at once
+        self._ports.clear()
+        self._warm.clear()
+        self._eps.clear()
+        if self.guard is not None:
+            try:
+                self.guard.stop()
+            except Exception as exc:
+                errors.append(exc)
+            self.guard = None
+        for link in self._all_links:
+            with contextlib.suppress(OSError):
+                link.close()
+        self._all_links.clear()
+        self._reader_list.clear()
+        self._selector.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+        if self._ns_fd >= 0:
+            os.close(self._ns_fd)
+            self._ns_fd = -1
+        if errors:
+            raise errors[0]
+
+    @contextlib.contextmanager
+    def _in_namespace(self) -> Iterator[None]:
+        """Run the block in the driver's namespace (a no-op if this thread is already there)."""
+        if self._ns_fd < 0 or netns.current_id() == self._ns_id:
+            yield
+            return
+        back = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(self._ns_fd)
+            try:
+                yield
+            finally:
+                _setns(back)
+        finally:
+            os.close(back)
+
+
+class PortInUseError(OSError):
+    """A local port is already used by this driver."""
+
+
+def _mute(link: LinkLike) -> None:
+    """Make a link send-only: a drop-all filter on its receiving socket (best effort)."""
+    try:
+        sock = socket.socket(fileno=os.dup(link.fileno()))
+    except OSError:
+        return  # not a socket (a test fake)
+    with sock:
+        buf = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
+        fprog = struct.pack("HL", 1, ctypes.addressof(buf))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+def _wall_offset() -> float:
+    return time.time() - time.monotonic()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# -- one driver per namespace -----------------------------------------------------------
+
+_all_drivers: set[Driver] = set()
+_defaults: dict[int, Driver] = {}
+_defaults_lock = threading.Lock()
+
+
+def default_driver() -> Driver:
+    """The shared driver of the calling thread's network namespace, made on first use."""
+    ns_id = netns.current_id()
+    with _defaults_lock:
+        driver = _defaults.get(ns_id)
+        if driver is None or driver.closed:
+            driver = _defaults[ns_id] = Driver()
+        return driver
+
+
+def close_all(linger: float = LINGER) -> None:
+    """Close every driver of this process (tests call it; so does interpreter exit)."""
+    with _defaults_lock:
+        _defaults.clear()
+    errors = []
+    for driver in list(_all_drivers):
+        try:
+            driver.close(linger)
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+atexit.register(close_all)
