@@ -10,10 +10,12 @@ from .errors import LocalProtocolError
 from .segment import ACK, RST, SYN, Segment
 from .seq import seq_add, seq_gt
 from .state import State
+from .syncookies import LIFETIME, SynCookies
 
 Address = tuple[str, int]
 FourTuple = tuple[str, int, str, int]  # local ip, local port, remote ip, remote port
 ANY = "0.0.0.0"
+SYNCOOKIE_MODES = ("never", "auto", "always")
 
 
 def reset_for(seg: Segment) -> Segment | None:
@@ -27,17 +29,36 @@ def reset_for(seg: Segment) -> Segment | None:
 
 
 class Listener:
-    """A passive open on (ip, port): SYN-RECEIVED connections and an accept queue."""
+    """A passive open on (ip, port): SYN-RECEIVED connections and an accept queue.
+
+    `backlog` bounds both: a SYN finds the SYN queue full when handshaking plus
+    not-yet-accepted connections reach it, and the accept queue never holds more.
+    With a full SYN queue, `config.syncookies` decides: "never" drops the SYN (the
+    client retries), "auto" answers with a cookie SYN-ACK, and "always" answers
+    every SYN with one and keeps no per-SYN state at all. An ACK for no connection
+    is checked as a cookie while cookies are in play ("always", or "auto" within
+    a cookie's lifetime of the last one sent, much as Linux checks only after a
+    recent overflow); otherwise, or if the cookie is bad, it is answered with RST.
+    """
 
     def __init__(self, stack: Stack, local: Address, config: Config, backlog: int) -> None:
+        if config.syncookies not in SYNCOOKIE_MODES:
+            raise LocalProtocolError(f"syncookies must be one of {', '.join(SYNCOOKIE_MODES)}, "
+                                     f"not {config.syncookies!r}")
         self.stack = stack
         self.local = local
         self.config = config
         self.backlog = backlog
         self._handshaking: set[Connection] = set()
         self._ready: deque[Connection] = deque()
+        self._cookies = SynCookies(config)
+        self._last_cookie_at: float | None = None
         self.syns_received = 0
-        self.syns_dropped = 0  # the queue was full
+        self.syns_dropped = 0  # a full queue and no cookies, or a full accept queue
+        self.cookies_sent = 0
+        self.cookies_validated = 0
+        self.cookies_rejected = 0  # bad or expired cookie ACKs, answered with RST
+        self.listen_overflows = 0  # handshake-completing ACKs dropped: accept queue full
         self.closed = False
 
     def __repr__(self) -> str:
@@ -51,6 +72,13 @@ class Listener:
     def ready(self) -> int:
         """Established connections waiting for accept()."""
         return len(self._ready)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The listener's counters by name, for summaries and JSON."""
+        return {name: getattr(self, name) for name in (
+            "syns_received", "syns_dropped", "cookies_sent", "cookies_validated",
+            "cookies_rejected", "listen_overflows")}
 
     def accept(self) -> Connection | None:
         """The oldest established connection not yet handed out, or None."""
@@ -71,12 +99,25 @@ class Listener:
         if flags & RST:
             return
         if flags & ACK:
-            self.stack._reply_reset(seg)
+            if flags & SYN or not self._cookie_ack(seg, now):
+                self.stack._reply_reset(seg)
             return
-        if not flags & SYN:
-            return
+        if flags & SYN:
+            self._syn(seg, now)
+
+    def _syn(self, seg: Segment, now: float) -> None:
         self.syns_received += 1
-        if self.queued >= self.backlog:
+        if len(self._ready) >= self.backlog:
+            self.syns_dropped += 1  # accept queue full: Linux drops even with cookies
+            return
+        mode = self.config.syncookies
+        full = self.queued >= self.backlog
+        if mode == "always" or (full and mode == "auto"):
+            self.cookies_sent += 1
+            self._last_cookie_at = now
+            self.stack._out.append(self._cookies.synack(seg, now))
+            return
+        if full:
             self.syns_dropped += 1  # as Linux: drop, the client's SYN retransmission retries
             return
         conn = Connection((seg.dst, seg.dport), (seg.src, seg.sport), self.config)
@@ -84,6 +125,46 @@ class Listener:
         conn.accept_syn(seg, now)
         self._handshaking.add(conn)
         self.stack._add(conn)
+
+    def _cookies_in_play(self, now: float) -> bool:
+        mode = self.config.syncookies
+        if mode == "auto":
+            return self._last_cookie_at is not None and now - self._last_cookie_at < LIFETIME
+        return mode == "always"
+
+    def _cookie_ack(self, seg: Segment, now: float) -> bool:
+        """Rebuild a connection from a cookie ACK; False if it is no valid cookie of ours."""
+        if not self._cookies_in_play(now):
+            return False
+        found = self._cookies.check(seg, now)
+        if found is None:
+            self.cookies_rejected += 1
+            return False
+        self.cookies_validated += 1
+        if len(self._ready) >= self.backlog:
+            self.listen_overflows += 1  # as Linux: drop; the client's next segment retries
+            return True
+        conn = Connection((seg.dst, seg.dport), (seg.src, seg.sport), self.config)
+        conn.listener = self
+        conn.accept_cookie_ack(seg, now, iss=seq_add(seg.ack, -1), mss=found.mss,
+                               peer_wscale=found.wscale, sack=found.sack)
+        self.stack._add(conn)  # even if already closed: its answer still goes out
+        self._handshaking.add(conn)
+        self._progress(conn)
+        return True
+
+    def _holds_back(self, conn: Connection, seg: Segment) -> bool:
+        """Drop the ACK that would complete `conn` while the accept queue is full (Linux).
+
+        Only cookies can fill the accept queue while SYN-RECEIVED connections wait;
+        the connection stays in SYN-RECEIVED and its SYN-ACK retransmission retries.
+        """
+        if conn not in self._handshaking or len(self._ready) < self.backlog:
+            return False
+        if conn.state is not State.SYN_RECEIVED or seg.flags & (SYN | ACK | RST) != ACK:
+            return False
+        self.listen_overflows += 1
+        return True
 
     def _progress(self, conn: Connection) -> None:
         """Called by the stack after `conn` (one of ours) handled input."""
@@ -147,8 +228,10 @@ class Stack:
             del self._conns[(seg.dst, seg.dport, seg.src, seg.sport)]
             conn = None
         if conn is not None:
-            conn.receive(seg, now)
             owner = conn.listener
+            if owner is not None and owner._holds_back(conn, seg):
+                return
+            conn.receive(seg, now)
             if owner is not None:
                 owner._progress(conn)
             return

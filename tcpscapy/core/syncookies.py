@@ -1,0 +1,214 @@
+"""SYN cookies in the Linux layout (net/ipv4/syncookies.c), for a stateless listener.
+
+The cookie is our ISN; it encodes everything needed to rebuild the connection
+when the client's ACK comes back, so a SYN costs no memory:
+
+    ISN = H0(4-tuple, 0) + client_ISN + (count << 24) + ((H1(4-tuple, count) + mss_index) mod 2**24)
+
+H0 and H1 are SipHash-2-4 under two 128-bit keys, truncated to 32 bits, of
+saddr ‖ daddr ‖ sport ‖ dport ‖ count (4 + 4 + 2 + 2 + 4 bytes, network byte
+order; the 4-tuple is the client's SYN's: saddr/sport is the client). `count`
+is minutes of `now`; a cookie is accepted while the current count is at most
+MAX_AGE - 1 past the one it was made with. mss_index points into the IPv4 MSS
+table. With timestamps, the low 6 bits of the SYN-ACK's TSval (taken before
+the per-connection offset is added, as Linux does) carry the client's window
+scale (4 bits, 0xF = none), SACK (bit 4) and ECN (bit 5); the ACK echoes them
+in TSecr. Without timestamps a cookie connection has no window scaling and no
+SACK, as on Linux.
+
+Validation is Linux's arithmetic: strip H0 and the client ISN, read the count
+from the top 8 bits, strip H1 of that count and require a table index. The
+only branches on secret-derived values are on that age and index, which an
+attacker learns anyway from whether a connection results; Python ints offer
+no constant-time arithmetic, and there is no byte string to compare (where one
+is, use hmac.compare_digest). The option bits in TSecr are not authenticated
+(neither are they on Linux): a client can only choose its own options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+from siphashc import siphash
+
+from .config import Config
+from .connection import DEFAULT_MSS, MAX_WSCALE
+from .isn import timestamp_offset
+from .options import Options
+from .segment import ACK, SYN, Segment
+from .seq import MASK, seq_add
+
+MSS_TABLE = (536, 1300, 1440, 1460)  # Linux msstab for IPv4 (1440: PPPoE)
+COOKIE_BITS = 24
+COOKIE_MASK = (1 << COOKIE_BITS) - 1
+PERIOD = 60.0  # seconds per count (Linux: one minute)
+MAX_AGE = 2  # counts a cookie stays valid (Linux MAX_SYNCOOKIE_AGE)
+LIFETIME = MAX_AGE * PERIOD  # at most this long after it was sent can a cookie come back
+
+TS_BITS = 6
+TS_MASK = (1 << TS_BITS) - 1
+TS_WSCALE_NONE = 0xF  # the client sent no window scale option
+TS_SACK = 1 << 4
+TS_ECN = 1 << 5
+
+_TUPLE = struct.Struct("!4s4sHH")
+_COUNT = struct.Struct("!I")
+
+
+# ------------------------------------------------------------------ the hash
+
+@lru_cache(maxsize=16)
+def derive_keys(secret: bytes) -> tuple[bytes, bytes]:
+    """The two 16-byte SipHash keys, from the config secret.
+
+    BLAKE2s keyed with the secret, personalised apart from the ISN and timestamp
+    derivations in isn.py, so knowing one derived value tells nothing of another.
+    """
+    def key(person: bytes) -> bytes:
+        return hashlib.blake2s(key=secret[:32], digest_size=16, person=person).digest()
+
+    return key(b"syncook0"), key(b"syncook1")
+
+
+def _addr(ip: str) -> bytes:
+    try:
+        return bytes(map(int, ip.split(".")))  # the common case, fast
+    except ValueError:
+        return ipaddress.ip_address(ip).packed  # an IPv6 address: 16 bytes
+
+
+def tuple_bytes(saddr: str, daddr: str, sport: int, dport: int) -> bytes:
+    """The hashed 4-tuple, network byte order: saddr ‖ daddr ‖ sport ‖ dport."""
+    src, dst = _addr(saddr), _addr(daddr)
+    if len(src) == len(dst) == 4:
+        return _TUPLE.pack(src, dst, sport, dport)
+    return src + dst + struct.pack("!HH", sport, dport)
+
+
+def cookie_hash(key: bytes, four_tuple: bytes, count: int) -> int:
+    """H(4-tuple, count): SipHash-2-4, the low 32 bits."""
+    return siphash(key, four_tuple + _COUNT.pack(count & MASK)) & MASK
+
+
+def cookie_count(now: float) -> int:
+    """The minute counter the cookie carries in its top 8 bits."""
+    return int(now // PERIOD)
+
+
+def mss_index(mss: int) -> int:
+    """The largest table entry not above `mss` (the smallest if none is)."""
+    for index in range(len(MSS_TABLE) - 1, 0, -1):
+        if mss >= MSS_TABLE[index]:
+            return index
+    return 0
+
+
+def make_cookie(keys: tuple[bytes, bytes], four_tuple: bytes, client_isn: int, count: int,
+                index: int) -> int:
+    """The cookie ISN for a SYN with `client_isn`, made at `count`, carrying `index`."""
+    h0, h1 = keys
+    return (cookie_hash(h0, four_tuple, 0) + client_isn + (count << COOKIE_BITS)
+            + ((cookie_hash(h1, four_tuple, count) + index) & COOKIE_MASK)) & MASK
+
+
+def check_cookie(keys: tuple[bytes, bytes], four_tuple: bytes, cookie: int, client_isn: int,
+                 count: int) -> int | None:
+    """The MSS index `cookie` carries if it is ours and at most MAX_AGE - 1 counts old."""
+    h0, h1 = keys
+    rest = (cookie - cookie_hash(h0, four_tuple, 0) - client_isn) & MASK
+    age = (count - (rest >> COOKIE_BITS)) & (MASK >> COOKIE_BITS)  # a future count wraps: old
+    if age >= MAX_AGE:
+        return None
+    index = (rest - cookie_hash(h1, four_tuple, count - age)) & COOKIE_MASK
+    return index if index < len(MSS_TABLE) else None
+
+
+# ------------------------------------------------------------- the timestamp
+
+def encode_ts(clock: int, wscale: int | None, sack: bool, ecn: bool = False) -> int:
+    """A TSval not above `clock` (mod 2**32, less than 64 behind) carrying the option bits.
+
+    `clock` is the timestamp clock before any per-connection offset; later
+    segments use the clock itself, so TSvals never go backwards.
+    """
+    if wscale is not None and not 0 <= wscale <= MAX_WSCALE:
+        raise ValueError(f"window scale {wscale} is outside 0..{MAX_WSCALE}")
+    bits = TS_WSCALE_NONE if wscale is None else wscale
+    bits |= (TS_SACK if sack else 0) | (TS_ECN if ecn else 0)
+    clock &= MASK
+    ts = (clock & ~TS_MASK) | bits
+    if ts > clock:
+        ts -= 1 << TS_BITS  # the previous 64-tick slot: never ahead of the clock
+    return ts & MASK
+
+
+def decode_ts(tsecr: int) -> tuple[int | None, bool, bool]:
+    """(wscale or None, SACK, ECN) from an echoed TSval (offset already removed)."""
+    ws = tsecr & TS_WSCALE_NONE
+    return (None if ws == TS_WSCALE_NONE else ws), bool(tsecr & TS_SACK), bool(tsecr & TS_ECN)
+
+
+# --------------------------------------------------------- SYN-ACK and ACK
+
+@dataclass(frozen=True, slots=True)
+class CookieOptions:
+    """What a valid cookie ACK gives back to rebuild the connection."""
+
+    mss: int  # the client's MSS, rounded down to the table
+    wscale: int | None  # the client's window scale, None: no scaling
+    sack: bool
+    ecn: bool  # the client asked for ECN (the engine does not do ECN yet)
+
+
+class SynCookies:
+    """Cookie SYN-ACKs and their validation for one listener's config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.keys = derive_keys(config.secret)
+
+    def synack(self, syn: Segment, now: float) -> Segment:
+        """The SYN-ACK a Connection would send for `syn`, with a cookie as its ISN."""
+        cfg = self.config
+        opts = syn.options
+        four_tuple = tuple_bytes(syn.src, syn.dst, syn.sport, syn.dport)
+        index = mss_index(opts.mss if opts.mss is not None else DEFAULT_MSS)
+        iss = make_cookie(self.keys, four_tuple, syn.seq, cookie_count(now), index)
+        if cfg.timestamps and opts.timestamps is not None:
+            # Window scaling holds only if both sides offer it, as in Connection._negotiate.
+            peer_ws = ours = None
+            if cfg.wscale is not None and opts.wscale is not None:
+                peer_ws, ours = min(opts.wscale, MAX_WSCALE), min(cfg.wscale, MAX_WSCALE)
+            sack_ok = cfg.sack and opts.sack_permitted
+            offset = timestamp_offset((syn.dst, syn.dport), (syn.src, syn.sport), cfg.secret)
+            tsval = (encode_ts(int(now * 1000), peer_ws, sack_ok) + offset) & MASK  # _ts_clock
+            options = Options(mss=cfg.mss, wscale=ours, sack_permitted=sack_ok,
+                              timestamps=(tsval, opts.timestamps[0]))
+        else:
+            options = Options(mss=cfg.mss)  # no timestamps: nowhere to keep wscale and SACK
+        return Segment(syn.dst, syn.src, syn.dport, syn.sport, iss, seq_add(syn.seq, 1),
+                       SYN | ACK, min(cfg.recv_buffer, 0xFFFF), options)
+
+    def check(self, ack: Segment, now: float) -> CookieOptions | None:
+        """The options a cookie ACK (acking our cookie SYN-ACK) carries, or None if invalid."""
+        cfg = self.config
+        four_tuple = tuple_bytes(ack.src, ack.dst, ack.sport, ack.dport)
+        index = check_cookie(self.keys, four_tuple, seq_add(ack.ack, -1),
+                             seq_add(ack.seq, -1), cookie_count(now))
+        if index is None:
+            return None
+        mss = MSS_TABLE[index]
+        ts = ack.options.timestamps
+        if ts is None:
+            return CookieOptions(mss, None, False, False)
+        if not cfg.timestamps:
+            return None  # we sent no TSval, so TSecr carries nothing of ours (Linux: reject)
+        offset = timestamp_offset((ack.dst, ack.dport), (ack.src, ack.sport), cfg.secret)
+        wscale, sack, ecn = decode_ts((ts[1] - offset) & MASK)
+        if (sack and not cfg.sack) or (wscale is not None and cfg.wscale is None):
+            return None  # options we would not have agreed to (Linux: reject)
+        return CookieOptions(mss, wscale, sack, ecn)
