@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from . import events as ev
+from . import tfo
 from .config import Config
 from .errors import LocalProtocolError
 from .isn import initial_sequence_number, timestamp_offset
@@ -92,6 +93,7 @@ class Connection(SenderMixin):
         self._challenge_window = -1
         self._challenge_count = 0
         self._now = 0.0  # the latest `now` handed in, for timestamps on segments we build
+        self.tfo: tfo.FastOpen | None = None  # the Fast Open exchange, if one was tried
 
     # ------------------------------------------------------------------ state
 
@@ -120,26 +122,53 @@ class Connection(SenderMixin):
         return self._events.popleft() if self._events else None
 
     @property
+    def tfo_pending(self) -> bool:
+        """A Fast Open connection still in SYN-RECEIVED (counts against tfo_max_pending)."""
+        return self.tfo is not None and self.tfo.accepted and self._state is State.SYN_RECEIVED
+
+    @property
     def send_space(self) -> int:
         """Bytes the application may still queue with send()."""
         return self._sendbuf.space if self._state is not State.CLOSED else 0
 
     # ------------------------------------------------------- application calls
 
-    def connect(self, now: float, *, data: bytes = b"") -> None:
-        """Active open: send a SYN (RFC 9293 §3.10.1). `data` is queued for after it."""
+    def connect(self, now: float, *, data: bytes = b"", tfo_cookie: bytes | None = None,
+                tfo_experimental: bool = False, tfo_mss: int | None = None) -> None:
+        """Active open: send a SYN (RFC 9293 §3.10.1). `data` is queued for after it.
+
+        Fast Open (RFC 7413): `tfo_cookie=b""` asks the server for a cookie; a cached
+        cookie rides in the SYN with the first bytes of `data`, as many as
+        tfo.syn_data_room allows for `tfo_mss` (the server's MSS, cached with the
+        cookie; 536 when unknown). `tfo_experimental` uses option kind 254. The SYN-ACK
+        brings TfoCookieReceived or TfoIgnored; unacknowledged SYN data is sent again
+        after the handshake, and a retransmitted SYN carries neither data nor cookie.
+        """
         if self._state is not State.CLOSED or self.close_reason:
             raise LocalProtocolError(f"connect() needs a fresh connection, not {self._state}")
+        if tfo_cookie and not tfo.cookie_length_ok(len(tfo_cookie)):
+            raise LocalProtocolError(f"a TFO cookie has an even length from {tfo.COOKIE_MIN} "
+                                     f"to {tfo.COOKIE_MAX} bytes, not {len(tfo_cookie)}")
         self._now = now
         self._choose_isn(now)
         self.rcv_wscale = self._our_wscale()
         if data:
             self._sendbuf.append(data)
+        if tfo_cookie is not None:
+            room = tfo.syn_data_room(tfo_mss or DEFAULT_MSS, self.config.mss) if tfo_cookie else 0
+            self.tfo = tfo.FastOpen(tfo_experimental, cookie_sent=tfo_cookie,
+                                    syn_data=min(len(self._sendbuf), room))
         self._set_state(State.SYN_SENT)
         self._send_syn(now)
 
-    def accept_syn(self, syn: Segment, now: float) -> None:
-        """Passive open from LISTEN: take the peer's SYN and answer with SYN-ACK."""
+    def accept_syn(self, syn: Segment, now: float, *, tfo_allowed: bool = True) -> None:
+        """Passive open from LISTEN: take the peer's SYN and answer with SYN-ACK.
+
+        With Config.tfo_server, a Fast Open SYN is answered as RFC 7413 says (see
+        _tfo_accept_syn). The listener passes `tfo_allowed=False` when it has
+        Config.tfo_max_pending Fast Open connections in SYN-RECEIVED: the SYN is
+        then treated as if TFO were off, as Linux does.
+        """
         if self._state is not State.CLOSED:
             raise LocalProtocolError("accept_syn() needs a fresh connection")
         self._now = now
@@ -150,6 +179,8 @@ class Connection(SenderMixin):
         self._negotiate(syn.options)
         self._take_window(syn, scaled=False)
         self._set_state(State.SYN_RECEIVED)
+        if tfo_allowed:
+            self._tfo_accept_syn(syn)
         self._send_syn(now)
 
     def accept_cookie_ack(self, ack: Segment, now: float, *, iss: int, mss: int,
@@ -287,9 +318,13 @@ class Connection(SenderMixin):
         # fourth: SYN (with or without an acceptable ACK).
         self.irs = seg.seq
         self.rcv_nxt = self.rcv_adv = seq_add(seg.seq, 1)
+        # The window our SYN offered holds from here: data right behind the SYN-ACK (a
+        # Fast Open server's answer) arrives before our ACK re-advertises it.
+        self.rcv_adv = seq_add(self.rcv_nxt, min(self._window_to_advertise(), 0xFFFF))
         self._negotiate(seg.options)
         if flags & ACK:
             self._take_window(seg, scaled=False)
+            self._tfo_on_synack(seg)
             self._ack_advance(seg, now)
             self._enter_established()
             self._ack_now = True
@@ -297,6 +332,7 @@ class Connection(SenderMixin):
                 self._process_text_and_fin(seg.replace(seq=self.rcv_nxt, flags=flags & ~SYN), now)
         else:  # simultaneous open (MUST-10): answer with SYN-ACK on our ISN
             self._take_window(seg, scaled=False)
+            self.snd_nxt = seq_add(self.iss, 1)  # Fast Open data in our SYN goes later
             self._set_state(State.SYN_RECEIVED)
             self._retries = 0
             self._send_syn(now, retransmission=True)
@@ -529,6 +565,36 @@ class Connection(SenderMixin):
                        sack_permitted=self.sack_ok,
                        timestamps=(tsval, self.ts_recent) if self.ts_ok else None)
 
+    # ------------------------------------------------------------ fast open
+
+    def _tfo_accept_syn(self, syn: Segment) -> None:
+        """Server: answer a Fast Open SYN (RFC 7413 §4.2.2), deciding as tfo.answer_syn.
+
+        An accepted SYN's data goes to the application now, in SYN-RECEIVED, and the
+        SYN-ACK acknowledges it; we may also send before the handshake completes.
+        """
+        fo = tfo.answer_syn(self.config, self.remote[0], self.local[0], syn.options,
+                            bool(syn.payload))
+        self.tfo = fo
+        if fo is None or not fo.accepted:
+            return
+        data = syn.payload[: self.config.recv_buffer]
+        fo.syn_data = len(data)
+        self.rcv_nxt = seq_add(self.rcv_nxt, len(data))
+        self.cwnd = self.config.initial_window_segments * self.snd_mss
+        if data:
+            self._deliver(data)
+
+    def _tfo_on_synack(self, seg: Segment) -> None:
+        """Client: the SYN-ACK's answer to our Fast Open attempt, as events."""
+        fo = self.tfo
+        if fo is None:
+            return  # an unsolicited cookie is ignored (Linux)
+        self.snd_nxt = seg.ack  # SYN data it did not acknowledge is sent after the handshake
+        mss = seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+        self._events.extend(fo.on_synack(seg.options, seq_diff(seg.ack, seq_add(self.iss, 1)),
+                                         mss, syn_retransmitted=self._retries > 0))
+
     # ------------------------------------------------------------- sending
 
     def _choose_isn(self, now: float) -> None:
@@ -543,12 +609,24 @@ class Connection(SenderMixin):
         return (int(now * 1000) + self._ts_offset) & MASK
 
     def _send_syn(self, now: float, *, retransmission: bool = False) -> None:
-        """(Re)send our SYN or SYN-ACK. Retransmissions carry no data, as Linux does."""
+        """(Re)send our SYN or SYN-ACK.
+
+        Fast Open: the client's first SYN carries the cookie (or a request) and data;
+        its retransmissions carry neither, as Linux's do, but SND.NXT stays after that
+        data so that a SYN-ACK acknowledging it is still acceptable. A SYN-ACK always
+        carries the cookie the server chose to send, if any.
+        """
         flags = SYN | ACK if self._state is State.SYN_RECEIVED else SYN
-        seg = self._make(flags, self.iss, ack=bool(flags & ACK), options=self._syn_options())
-        self._out.append(seg)
-        self.snd_nxt = seq_add(self.iss, 1)
+        options, payload = self._syn_options(), b""
+        fo = self.tfo
+        if fo is not None and fo.cookie_sent is not None and (self.passive or not retransmission):
+            options = options.with_(tfo_cookie=fo.cookie_sent, tfo_experimental=fo.experimental)
+            if not self.passive:
+                payload = self._sendbuf.get(seq_add(self.iss, 1), fo.syn_data)
+        self._out.append(self._make(flags, self.iss, ack=bool(flags & ACK), options=options,
+                                    payload=payload))
         if not retransmission:
+            self.snd_nxt = seq_add(self.iss, 1 + len(payload))
             self._rtt_seq, self._rtt_sent_at = self.iss, now
         self._rto_due = now + self.rtt.rto
 
@@ -611,7 +689,7 @@ class Connection(SenderMixin):
     def segments_to_send(self, now: float) -> list[Segment]:
         """Everything due now: answers, data the windows allow, FIN, a pending ACK."""
         self._now = now
-        if self._state in SYNCHRONIZED_SENDING:
+        if self._state in SYNCHRONIZED_SENDING or self.tfo_pending:
             self._send_data(now)
         if self._ack_now and self._state not in (State.CLOSED, State.SYN_SENT, State.LISTEN):
             self._send_ack_now()

@@ -50,3 +50,26 @@ class Closed(Event):
     """The connection reached CLOSED; `reason` says why in words."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TfoCookieReceived(Event):
+    """Client: the SYN-ACK carried a Fast Open cookie (RFC 7413).
+
+    Cache it per server address with the server's MSS (536 if it announced
+    none) and the option format, and pass them to the next connect().
+    """
+
+    cookie: bytes
+    mss: int
+    experimental: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TfoIgnored(Event):
+    """Client: the server took no part in Fast Open this time (no cookie for our
+    request, or our SYN's data unacknowledged without a new cookie); a cookie
+    cache may stop trying it for a while (negative caching). The data still
+    goes, after the handshake."""
+
+    reason: str

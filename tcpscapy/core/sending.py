@@ -227,11 +227,11 @@ class SenderMixin:
     # ----------------------------------------------------------- sending
 
     def _send_data(self: Connection, now: float) -> None:
-        if not seq_gt(self.snd_una, self.iss):
-            return  # our SYN is not acknowledged yet
+        if not self._state.synchronized and not self.tfo_pending:
+            return  # our SYN is not acknowledged yet (a Fast Open server may send before)
         cfg, mss, buf = self.config, self.snd_mss, self._sendbuf
-        if self._fin_queued and self._fin_seq is None:
-            self._fin_seq = buf.end
+        if self._fin_queued and self._fin_seq is None and self._state.synchronized:
+            self._fin_seq = buf.end  # (a Fast Open server's FIN waits for ESTABLISHED)
         while True:
             pipe = self.pipe()
             rtx = self._next_retransmission()
@@ -252,6 +252,8 @@ class SenderMixin:
                 if size <= 0:
                     break
                 in_flight = seq_diff(self.snd_nxt, self.snd_una)
+                if self._state is State.SYN_RECEIVED:
+                    in_flight -= 1  # Nagle counts data: a Fast Open server's SYN-ACK is none
                 if size < mss and size < self.max_snd_wnd // 2 and not (
                         size == unsent and (not cfg.nagle or in_flight == 0 or fin_due)):
                     break  # Nagle and sender SWS avoidance: wait for more data or ACKs
