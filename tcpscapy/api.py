@@ -398,10 +398,12 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     if iface is not None and (not isinstance(iface, str) or not iface):
         raise errors.BadOption(f"option iface takes an interface name, not {iface!r}")
     base = options.pop("config", None)
+    mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
     config = _build_config(options, base, listening=False)
     drv = driver or default_driver()
     with _translated(f"connect to {ip}:{port}"):
-        ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface)
+        ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface,
+                                 mss_from_mtu=mss_auto)
     conn = Connection(drv, ep)
     with drv.lock:
         with _translated(f"connect to {ip}:{port}"):
@@ -491,8 +493,9 @@ def listen(port: int, host: str | None = None, *, backlog: int = 128,
     ip = ANY if host is None else resolve(host)
     backlog = _int_in(1, 65535)("backlog", backlog)
     base = options.pop("config", None)
+    mss_auto = base is None and "mss" not in options
     config = _build_config(options, base, listening=True)
     drv = driver or default_driver()
     with _translated(f"listen on {ip}:{port}"):
-        state = drv.listen(ip, port, backlog=backlog, config=config)
+        state = drv.listen(ip, port, backlog=backlog, config=config, mss_from_mtu=mss_auto)
     return Listener(drv, state)

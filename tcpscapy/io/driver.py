@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import os
 import selectors
 import socket
@@ -351,18 +352,23 @@ class Driver:
 
     def open_connection(self, remote: Address, *, config: Config | None = None,
                         src: str | None = None, sport: int | None = None,
-                        iface: str | None = None) -> Endpoint:
-        """Active open: send the SYN and return at once (wait for `ep.connected`)."""
+                        iface: str | None = None, mss_from_mtu: bool = True) -> Endpoint:
+        """Active open: send the SYN and return at once (wait for `ep.connected`).
+
+        With `mss_from_mtu` the MSS we offer is lowered to fit the link's MTU.
+        """
         self._start()
         link = self._link_for(remote[0], src, iface)
         local_ip = src or link.src_ip
+        config = self._config(config)
+        if mss_from_mtu:
+            config = _fit_mss(config, [link])
         port = self._client_port(local_ip, sport)
         with self._lock:
             self._check_open()
             now = time.monotonic()
             try:
-                conn = self.stack.connect((local_ip, port.key[1]), remote, now,
-                                          config=self._config(config))
+                conn = self.stack.connect((local_ip, port.key[1]), remote, now, config=config)
             except LocalProtocolError as exc:
                 self._unref(port)
                 raise OSError(str(exc)) from None
@@ -374,8 +380,11 @@ class Driver:
         return ep
 
     def listen(self, ip: str, port: int, *, backlog: int | None = None,
-               config: Config | None = None) -> ListenerState:
-        """Passive open on (ip, port); ip 0.0.0.0 listens on every local address."""
+               config: Config | None = None, mss_from_mtu: bool = True) -> ListenerState:
+        """Passive open on (ip, port); ip 0.0.0.0 listens on every local address.
+
+        With `mss_from_mtu` the MSS we offer fits the smallest MTU we listen on.
+        """
         self._start()
         use = self._hold_port(ip, port, listening=True)
         try:
@@ -385,13 +394,15 @@ class Driver:
             with self._lock:
                 self._unref(use)
             raise
+        config = self._config(config)
+        if mss_from_mtu:
+            config = _fit_mss(config, receivers)
         with self._lock:
             for link in receivers:
                 self._adopt_reader(link)
             try:
                 self._check_open()
-                listener = self.stack.listen(ip, use.key[1], backlog=backlog,
-                                             config=self._config(config))
+                listener = self.stack.listen(ip, use.key[1], backlog=backlog, config=config)
             except BaseException:
                 self._unref(use)
                 raise
@@ -917,6 +928,28 @@ def _mute(link: LinkLike) -> None:
         fprog = struct.pack("HL", 1, ctypes.addressof(buf))
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+_SIOCGIFMTU = 0x8921
+_IFREQ = struct.Struct("16si12x")  # struct ifreq: name, then ifr_mtu in the union
+
+
+def link_mtu(link: LinkLike) -> int | None:
+    """The MTU of the link's interface, asked through its own socket (so in its namespace)."""
+    try:
+        with socket.socket(fileno=os.dup(link.fileno())) as sock:
+            req = _IFREQ.pack(link.iface.encode()[:15], 0)
+            return int(_IFREQ.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, req))[1])
+    except (OSError, ValueError):
+        return None  # not a socket (a test fake), or the interface is gone
+
+
+def _fit_mss(config: Config, links: list[LinkLike]) -> Config:
+    """Lower the MSS we offer so a full segment fits every link's MTU (IP + TCP: 40 bytes)."""
+    mtus = [mtu for link in links if (mtu := link_mtu(link)) is not None]
+    if mtus and min(mtus) - 40 < config.mss:
+        return config.with_(mss=max(min(mtus) - 40, 64))
+    return config
 
 
 def _wall_offset() -> float:
