@@ -16,11 +16,10 @@ messages; `conn.engine` is the core Connection for reading its fields.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -120,10 +119,13 @@ _CONNECT_ONLY = ("retries", "sport", "src", "iface")
 _LISTEN_ONLY = ("retries",)
 
 
-def _build_config(options: dict[str, Any], base: Config | None, *, listening: bool) -> Config:
-    """A Config from keyword options (validated), on top of `base` or the defaults."""
+def _build_config(options: dict[str, Any], base: Config | None, default: Config, *,
+                  listening: bool) -> Config:
+    """A Config from keyword options (validated), on top of `base` or `default`."""
     if base is not None and not isinstance(base, Config):
         raise errors.BadOption(f"option config takes a tcpscapy Config, not {base!r}")
+    if not options:
+        return base or default
     changes: dict[str, Any] = {}
     for name, value in options.items():
         if name == "retries":
@@ -136,7 +138,7 @@ def _build_config(options: dict[str, Any], base: Config | None, *, listening: bo
             extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
             known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config"]))
             raise errors.BadOption(f"unknown option {name!r} (known: {known})")
-    config = base or Config()
+    config = base or default
     # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
     if "rto_initial" in changes and "rto_min" not in changes:
         changes["rto_min"] = min(config.rto_min, changes["rto_initial"])
@@ -155,8 +157,9 @@ def resolve(host: str) -> str:
     if not isinstance(host, str) or not host.strip():
         raise errors.BadAddress(f"bad host {host!r}: expected a name or an IPv4 address")
     host = host.strip()
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.IPv4Address(host))
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET, host)  # strict dotted quad, and fast
+        return host
     if ":" in host:
         raise errors.BadAddress(f"IPv6 is not supported: {host}")
     try:
@@ -176,31 +179,28 @@ def _port(port: Any, *, zero_ok: bool) -> int:
     return port
 
 
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Turn the I/O layer's exceptions into tcpscapy.errors ones, one line each."""
+def _translate(exc: Exception, what: str) -> Exception:
+    """The tcpscapy.errors exception for an I/O-layer one (one line); others unchanged."""
     from tcpscapy.io.guard import GuardError
     from tcpscapy.io.ports import PortError, PortInUse
     from tcpscapy.io.rawsock import LinkError, NoRoute
 
-    try:
-        yield
-    except errors.TcpscapyError:
-        raise
-    except netns.NeedsRoot as exc:
-        raise errors.NeedsRoot(f"{what}: {exc}") from None
-    except NoRoute as exc:
-        raise errors.HostUnreachable(f"{what}: {exc}") from None
-    except (PortInUse, PortInUseError) as exc:
-        raise errors.AddressInUse(f"{what}: {exc}") from None
-    except PortError as exc:
-        raise errors.BadAddress(f"{what}: {exc}") from None
-    except DriverClosed as exc:
-        raise errors.ConnectionClosed(f"{what}: {exc}") from None
-    except (GuardError, LinkError) as exc:
-        raise errors.TcpscapyError(f"{what}: {exc}") from None
-    except ValueError as exc:
-        raise errors.BadAddress(f"{what}: {exc}") from None
+    message = f"{what}: {exc}"
+    if isinstance(exc, errors.TcpscapyError):
+        return exc
+    if isinstance(exc, netns.NeedsRoot):
+        return errors.NeedsRoot(message)
+    if isinstance(exc, NoRoute):
+        return errors.HostUnreachable(message)
+    if isinstance(exc, PortInUse | PortInUseError):
+        return errors.AddressInUse(message)
+    if isinstance(exc, PortError | ValueError):
+        return errors.BadAddress(message)
+    if isinstance(exc, DriverClosed):
+        return errors.ConnectionClosed(message)
+    if isinstance(exc, GuardError | LinkError):
+        return errors.TcpscapyError(message)
+    return exc
 
 
 def _deadline(timeout: float | None, what: str) -> float | None:
@@ -297,9 +297,11 @@ class Connection:
                     drv.app_call(ep)
                 if sent >= total:
                     return sent
-                with _translated("send"):
+                try:
                     room = drv.wait(lambda: conn.send_space > 0 or ep.closed or ep.app_closed,
                                     deadline)
+                except DriverClosed as exc:
+                    raise _translate(exc, "send") from None
                 if not room:
                     raise errors.TimedOut(f"send timed out after {timeout:g} s with "
                                           f"{total - sent} of {total} bytes not queued")
@@ -315,9 +317,11 @@ class Connection:
         deadline = _deadline(timeout, "recv")
         drv, ep = self._driver, self._ep
         with drv.lock:
-            with _translated("recv"):
+            try:
                 ready = drv.wait(lambda: bool(ep.rx) or ep.eof or ep.closed or ep.app_closed,
                                  deadline)
+            except DriverClosed as exc:
+                raise _translate(exc, "recv") from None
             if ep.rx and not ep.app_closed:
                 data = bytes(ep.rx[:max])
                 del ep.rx[:max]
@@ -399,15 +403,19 @@ def connect(host: str, port: int, *, timeout: float | None = None,
         raise errors.BadOption(f"option iface takes an interface name, not {iface!r}")
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
-    config = _build_config(options, base, listening=False)
     drv = driver or default_driver()
-    with _translated(f"connect to {ip}:{port}"):
+    config = _build_config(options, base, drv.config, listening=False)
+    try:
         ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface,
                                  mss_from_mtu=mss_auto)
+    except Exception as exc:
+        raise _translate(exc, f"connect to {ip}:{port}") from None
     conn = Connection(drv, ep)
     with drv.lock:
-        with _translated(f"connect to {ip}:{port}"):
+        try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
+        except DriverClosed as exc:
+            raise _translate(exc, f"connect to {ip}:{port}") from None
         if ep.connected:
             return conn
         if not done:
@@ -456,9 +464,12 @@ class Listener:
                     return Connection(drv, ep)
                 if ls.closed:
                     raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")
-                with _translated("accept"):
-                    if not drv.wait(lambda: ls.closed or ls.listener.ready > 0, deadline):
-                        raise errors.TimedOut(f"accept timed out after {timeout:g} s")
+                try:
+                    ready = drv.wait(lambda: ls.closed or ls.listener.ready > 0, deadline)
+                except DriverClosed as exc:
+                    raise _translate(exc, "accept") from None
+                if not ready:
+                    raise errors.TimedOut(f"accept timed out after {timeout:g} s")
 
     def close(self) -> None:
         """Stop listening; connections not yet accepted are reset, accepted ones live on."""
@@ -494,8 +505,10 @@ def listen(port: int, host: str | None = None, *, backlog: int = 128,
     backlog = _int_in(1, 65535)("backlog", backlog)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options
-    config = _build_config(options, base, listening=True)
     drv = driver or default_driver()
-    with _translated(f"listen on {ip}:{port}"):
+    config = _build_config(options, base, drv.config, listening=True)
+    try:
         state = drv.listen(ip, port, backlog=backlog, config=config, mss_from_mtu=mss_auto)
+    except Exception as exc:
+        raise _translate(exc, f"listen on {ip}:{port}") from None
     return Listener(drv, state)

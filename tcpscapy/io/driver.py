@@ -64,6 +64,8 @@ __all__ = [
 Address = tuple[str, int]
 FourTuple = tuple[str, int, str, int]
 
+HANDOVER = 0.002  # the background thread leads after the app has been away this long
+GUARD_EVERY = 0.001  # inline turns give the guard's queue its verdicts this often
 RECV_BATCH = 64  # packets per recv_many call
 RECV_MAX_PER_TURN = 1024  # bound one turn so timers and the app get their share
 WARM_PORTS = 64  # idle client ports kept reserved (with their guard rule) for reuse
@@ -304,6 +306,9 @@ class Driver:
         self._leader: int | None = None
         self._leader_wake_at = float("inf")
         self._want_lead = 0  # app threads inside wait()
+        self._app_at = 0.0  # when an app thread last called in (monotonic)
+        self._mtus: dict[int, int | None] = {}
+        self._guard_at = 0.0
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -362,7 +367,7 @@ class Driver:
         local_ip = src or link.src_ip
         config = self._config(config)
         if mss_from_mtu:
-            config = _fit_mss(config, [link])
+            config = self._fit_mss(config, [link])
         port = self._client_port(local_ip, sport)
         with self._lock:
             self._check_open()
@@ -374,9 +379,7 @@ class Driver:
                 raise OSError(str(exc)) from None
             ep = Endpoint(conn, port, Trace(time_offset=_wall_offset()))
             self._eps[ep.key] = ep
-            self._dispatch(ep, now)
-            self._flush(now)
-            self._after_app_call()
+            self.app_call(ep)
         return ep
 
     def listen(self, ip: str, port: int, *, backlog: int | None = None,
@@ -396,7 +399,7 @@ class Driver:
             raise
         config = self._config(config)
         if mss_from_mtu:
-            config = _fit_mss(config, receivers)
+            config = self._fit_mss(config, receivers)
         with self._lock:
             for link in receivers:
                 self._adopt_reader(link)
@@ -434,10 +437,14 @@ class Driver:
         self._after_app_call()
 
     def app_call(self, ep: Endpoint) -> None:
-        """After the app called into `ep.conn` (lock held): events, output, wake the loop."""
-        now = time.monotonic()
-        self._dispatch(ep, now)
-        self._flush(now)
+        """After the app called into `ep.conn` (lock held): events, then a turn of the loop.
+
+        The turn reads the sockets too, so an app that never blocks still has its
+        ACKs processed on its own thread.
+        """
+        self._app_active()
+        self._dispatch(ep, time.monotonic())
+        self._service(None, app=True)
         self._after_app_call()
 
     def wait(self, ready: Callable[[], bool], deadline: float | None = None) -> bool:
@@ -450,9 +457,9 @@ class Driver:
         if ready():
             return True
         self._check_alive()
-        me = threading.get_ident()
         self._want_lead += 1
         try:
+            self._app_active()  # a background leader steps aside for us
             self._service(None)  # the answer may already be queued
             if self._dirty:
                 self._notify()
@@ -464,14 +471,11 @@ class Driver:
                 if self._leader is None:
                     self._lead_once(deadline)
                 else:
-                    if self._leader != me and self._leader == self._bg_ident():
-                        self._wake()  # the background thread steps aside for us
                     self._changed.wait(None if deadline is None else deadline - now)
             return True
         finally:
             self._want_lead -= 1
-            if self._want_lead == 0 and self._leader is None:
-                self._bg_idle.notify()
+            self._app_at = time.monotonic()  # the background thread waits HANDOVER more
 
     def close(self, linger: float = LINGER) -> None:
         """Close every connection (FIN; RST after `linger` s), stop the loop, free all."""
@@ -528,26 +532,42 @@ class Driver:
         self._service(ready)
         self._notify()
 
-    def _service(self, ready: list[tuple[selectors.SelectorKey, int]] | None) -> None:
-        """One turn (lock held): input, guard verdicts, timers, output."""
+    def _service(self, ready: list[tuple[selectors.SelectorKey, int]] | None, *,
+                 app: bool = False) -> None:
+        """One turn (lock held): input, guard verdicts, timers, output.
+
+        After an app call (`app`) its segments go out first: on veth the answer
+        is often queued by the time send() returns, and is read in the same turn.
+        """
         now = time.monotonic()
+        if app:
+            self._flush(now)
+        guard = self.guard
         if ready:
             for key, _ in ready:
                 if key.data == _WAKE:
                     self._woken = False
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake_fd)
-                elif key.data == _GUARD and self.guard is not None:
-                    self.guard.process_pending()
-        self._receive(now)
+                elif key.data == _GUARD and guard is not None:
+                    self._guard_at = now
+                    guard.process_pending()
+        elif guard is not None and now - self._guard_at >= GUARD_EVERY:
+            self._guard_at = now  # an app thread that never selects still gives verdicts
+            guard.process_pending()
+        fed = self._receive(now)
         due = self.stack.get_timer()
         if due is not None and due <= now:
             self._fire_timers(now)
+        elif app and not fed:
+            return  # nothing new since the flush above
         self._flush(now)
 
-    def _receive(self, now: float) -> None:
+    def _receive(self, now: float) -> int:
+        """Feed the engine every queued segment for us; return how many."""
         stack, eps = self.stack, self._eps
         stats = self.stats
+        fed = stats.received
         for link in self._reader_list:
             taken = 0
             while taken < RECV_MAX_PER_TURN:
@@ -575,6 +595,7 @@ class Driver:
                     self._dispatch(ep, now)
                 if len(batch) < RECV_BATCH:
                     break
+        return stats.received - fed
 
     def _adopt_passive(self, conn: Connection, stale: Endpoint | None) -> Endpoint | None:
         """A connection the engine made from a SYN (possibly replacing a TIME-WAIT one)."""
@@ -670,6 +691,13 @@ class Driver:
     def _closed_fds(self) -> bool:
         return self._wake_fd < 0
 
+    def _app_active(self) -> None:
+        """An app thread is here: keep the background thread out of its way (lock held)."""
+        self._app_at = time.monotonic()
+        leader = self._leader
+        if leader is not None and leader == self._bg_ident():
+            self._wake()
+
     def _after_app_call(self) -> None:
         """Tell a sleeping leader on another thread if the earliest timer moved up."""
         if self._dirty:
@@ -692,16 +720,22 @@ class Driver:
             raise DriverClosed("the driver is closing")
 
     def _run(self) -> None:
-        """The background thread: lead whenever no application thread wants to."""
+        """The background thread: lead once no application thread has called for HANDOVER.
+
+        It is never woken when an app thread leaves: waking it would make it
+        fight the app thread for the GIL on every call. It looks again after
+        HANDOVER instead.
+        """
         try:
             if netns.current_id() != self._ns_id:
                 _setns(self._ns_fd)  # this thread lives in the driver's namespace
             with self._lock:
                 while not self._closed:
-                    if self._leader is None and self._want_lead == 0:
+                    away = time.monotonic() - self._app_at
+                    if self._leader is None and self._want_lead == 0 and away >= HANDOVER:
                         self._lead_once(None)
                     else:
-                        self._bg_idle.wait()
+                        self._bg_idle.wait(HANDOVER - away if away < HANDOVER else HANDOVER)
         except BaseException as exc:  # a bug in the loop must not leave callers hanging
             with self._lock:
                 self._failure = exc
@@ -730,6 +764,18 @@ class Driver:
                                                 daemon=True)
                 self._thread.start()
             self._started = True
+
+    def _fit_mss(self, config: Config, links: list[LinkLike]) -> Config:
+        """Lower the MSS we offer so a full segment fits every link's MTU (IP + TCP: 40)."""
+        mtus = []
+        for link in links:
+            if id(link) not in self._mtus:
+                self._mtus[id(link)] = link_mtu(link)  # links live as long as the driver
+            if (mtu := self._mtus[id(link)]) is not None:
+                mtus.append(mtu)
+        if mtus and min(mtus) - 40 < config.mss:
+            return config.with_(mss=max(min(mtus) - 40, 64))
+        return config
 
     def _config(self, config: Config | None) -> Config:
         if config is None:
@@ -942,14 +988,6 @@ def link_mtu(link: LinkLike) -> int | None:
             return int(_IFREQ.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, req))[1])
     except (OSError, ValueError):
         return None  # not a socket (a test fake), or the interface is gone
-
-
-def _fit_mss(config: Config, links: list[LinkLike]) -> Config:
-    """Lower the MSS we offer so a full segment fits every link's MTU (IP + TCP: 40 bytes)."""
-    mtus = [mtu for link in links if (mtu := link_mtu(link)) is not None]
-    if mtus and min(mtus) - 40 < config.mss:
-        return config.with_(mss=max(min(mtus) - 40, 64))
-    return config
 
 
 def _wall_offset() -> float:
