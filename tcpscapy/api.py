@@ -29,6 +29,7 @@ from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
 from tcpscapy.core.state import State
 from tcpscapy.io.driver import (
+    TRACE_LIMIT,
     Driver,
     DriverClosed,
     Endpoint,
@@ -115,8 +116,8 @@ _CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
     "data_retries": ("retries", _int_in(0, 100)),
     "initial_window": ("initial_window_segments", _int_in(1, 1000)),
 }
-_CONNECT_ONLY = ("retries", "sport", "src", "iface")
-_LISTEN_ONLY = ("retries",)
+_CONNECT_ONLY = ("retries", "sport", "src", "iface", "trace_limit")
+_LISTEN_ONLY = ("retries", "trace_limit")
 
 
 def _build_config(options: dict[str, Any], base: Config | None, default: Config, *,
@@ -147,6 +148,12 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
         raise errors.BadOption(f"rto_min ({config.rto_min:g} s) is above rto_max "
                                f"({config.rto_max:g} s)")
     return config
+
+
+def _trace_limit(options: dict[str, Any]) -> int | None:
+    """Pop `trace_limit`: entries each connection's trace keeps (None: every one)."""
+    value = options.pop("trace_limit", TRACE_LIMIT)
+    return None if value is None else int(_int_in(0, 1 << 40)("trace_limit", value))
 
 
 # ---------------------------------------------------------------------- addresses
@@ -387,7 +394,8 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
     send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
     nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
-    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config.
+    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
+    trace_limit (trace entries kept, newest; None keeps all; default 20000).
     """
     ip = resolve(host)
     port = _port(port, zero_ok=False)
@@ -401,13 +409,14 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     iface = options.pop("iface", None)
     if iface is not None and (not isinstance(iface, str) or not iface):
         raise errors.BadOption(f"option iface takes an interface name, not {iface!r}")
+    trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     try:
         ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface,
-                                 mss_from_mtu=mss_auto)
+                                 mss_from_mtu=mss_auto, trace_limit=trace_limit)
     except Exception as exc:
         raise _translate(exc, f"connect to {ip}:{port}") from None
     conn = Connection(drv, ep)
@@ -503,12 +512,14 @@ def listen(port: int, host: str | None = None, *, backlog: int = 128,
     port = _port(port, zero_ok=True)
     ip = ANY if host is None else resolve(host)
     backlog = _int_in(1, 65535)("backlog", backlog)
+    trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=True)
     try:
-        state = drv.listen(ip, port, backlog=backlog, config=config, mss_from_mtu=mss_auto)
+        state = drv.listen(ip, port, backlog=backlog, config=config, mss_from_mtu=mss_auto,
+                           trace_limit=trace_limit)
     except Exception as exc:
         raise _translate(exc, f"listen on {ip}:{port}") from None
     return Listener(drv, state)

@@ -71,6 +71,8 @@ RECV_MAX_PER_TURN = 1024  # bound one turn so timers and the app get their share
 WARM_PORTS = 64  # idle client ports kept reserved (with their guard rule) for reuse
 LINGER = 2.0  # seconds close() waits for our FINs to be acknowledged
 ORPHAN_TRACE = 1000  # entries kept of segments that belong to no connection
+TRACE_LIMIT = 20_000  # entries kept per connection: segments hold their payloads
+NO_ROUTE_HOLD = 5.0  # seconds a failed link open (no ARP answer) is not retried
 _LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 _OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
 _THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -233,11 +235,12 @@ class Endpoint:
 
 
 class ListenerState:
-    __slots__ = ("closed", "listener", "port")
+    __slots__ = ("closed", "listener", "port", "trace_limit")
 
-    def __init__(self, listener: Listener, port: PortUse) -> None:
+    def __init__(self, listener: Listener, port: PortUse, trace_limit: int | None) -> None:
         self.listener = listener
         self.port = port
+        self.trace_limit = trace_limit  # for the connections it spawns
         self.closed = False
 
 
@@ -306,9 +309,11 @@ class Driver:
         self._leader: int | None = None
         self._leader_wake_at = float("inf")
         self._want_lead = 0  # app threads inside wait()
+        self._bg_parked = False  # the background thread sleeps until an app wait ends
         self._app_at = 0.0  # when an app thread last called in (monotonic)
         self._mtus: dict[int, int | None] = {}
         self._guard_at = 0.0
+        self._no_route: dict[tuple[str, str], tuple[float, OSError]] = {}
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -357,10 +362,12 @@ class Driver:
 
     def open_connection(self, remote: Address, *, config: Config | None = None,
                         src: str | None = None, sport: int | None = None,
-                        iface: str | None = None, mss_from_mtu: bool = True) -> Endpoint:
+                        iface: str | None = None, mss_from_mtu: bool = True,
+                        trace_limit: int | None = TRACE_LIMIT) -> Endpoint:
         """Active open: send the SYN and return at once (wait for `ep.connected`).
 
         With `mss_from_mtu` the MSS we offer is lowered to fit the link's MTU.
+        The trace keeps the newest `trace_limit` entries (None: all).
         """
         self._start()
         link = self._link_for(remote[0], src, iface)
@@ -377,13 +384,14 @@ class Driver:
             except LocalProtocolError as exc:
                 self._unref(port)
                 raise OSError(str(exc)) from None
-            ep = Endpoint(conn, port, Trace(time_offset=_wall_offset()))
+            ep = Endpoint(conn, port, self._new_trace(trace_limit))
             self._eps[ep.key] = ep
             self.app_call(ep)
         return ep
 
     def listen(self, ip: str, port: int, *, backlog: int | None = None,
-               config: Config | None = None, mss_from_mtu: bool = True) -> ListenerState:
+               config: Config | None = None, mss_from_mtu: bool = True,
+               trace_limit: int | None = TRACE_LIMIT) -> ListenerState:
         """Passive open on (ip, port); ip 0.0.0.0 listens on every local address.
 
         With `mss_from_mtu` the MSS we offer fits the smallest MTU we listen on.
@@ -409,7 +417,7 @@ class Driver:
             except BaseException:
                 self._unref(use)
                 raise
-            state = ListenerState(listener, use)
+            state = ListenerState(listener, use, trace_limit)
             self._listeners[listener.local] = state
         return state
 
@@ -476,6 +484,8 @@ class Driver:
         finally:
             self._want_lead -= 1
             self._app_at = time.monotonic()  # the background thread waits HANDOVER more
+            if self._want_lead == 0 and self._bg_parked:
+                self._bg_idle.notify()  # it saw us block and sleeps until told
 
     def close(self, linger: float = LINGER) -> None:
         """Close every connection (FIN; RST after `linger` s), stop the loop, free all."""
@@ -607,7 +617,7 @@ class Driver:
         ls = self._listeners.get(owner.local) if owner is not None else None
         if ls is None:
             return None
-        ep = Endpoint(conn, ls.port, Trace(time_offset=_wall_offset()), ls)
+        ep = Endpoint(conn, ls.port, self._new_trace(ls.trace_limit), ls)
         ls.port.refs += 1
         self._eps[ep.key] = ep
         return ep
@@ -655,17 +665,30 @@ class Driver:
     def _transmit(self, seg: Segment) -> str:
         """Send one segment; '' or why it was not sent (never raises)."""
         try:
-            link = self._links.get((seg.src, seg.dst))
-            if link is None:
-                with self._in_namespace():
-                    link = self._adopt_link((seg.dst, seg.src, None),
-                                            self._open_link(seg.dst, seg.src, None))
+            link = self._links.get((seg.src, seg.dst)) or self._open_out_link(seg.src, seg.dst)
             link.send(codec.encode(seg))
         except (LinkError, OSError, ValueError) as exc:
             self.stats.send_errors += 1
             return f"not sent: {_one_line(exc)}"
         self.stats.sent += 1
         return ""
+
+    def _open_out_link(self, src: str, dst: str) -> LinkLike:
+        """A link to a peer we only know from its segments (lock held; slow the first time).
+
+        A failure is remembered for NO_ROUTE_HOLD s, so a peer that does not
+        answer ARP costs the loop one wait, not one per segment.
+        """
+        failed = self._no_route.get((src, dst))
+        now = time.monotonic()
+        if failed is not None and now < failed[0]:
+            raise failed[1]
+        try:
+            with self._in_namespace():
+                return self._adopt_link((dst, src, None), self._open_link(dst, src, None))
+        except OSError as exc:
+            self._no_route[(src, dst)] = (now + NO_ROUTE_HOLD, exc)
+            raise
 
     def _reap(self) -> None:
         """Forget connections the engine closed; give back their ports."""
@@ -722,9 +745,10 @@ class Driver:
     def _run(self) -> None:
         """The background thread: lead once no application thread has called for HANDOVER.
 
-        It is never woken when an app thread leaves: waking it would make it
-        fight the app thread for the GIL on every call. It looks again after
-        HANDOVER instead.
+        While an app thread is blocked in wait() it sleeps until that wait ends.
+        Otherwise it is not woken when an app thread leaves -- that would make it
+        fight the app thread for the GIL on every call -- but looks again after
+        HANDOVER.
         """
         try:
             if netns.current_id() != self._ns_id:
@@ -732,7 +756,13 @@ class Driver:
             with self._lock:
                 while not self._closed:
                     away = time.monotonic() - self._app_at
-                    if self._leader is None and self._want_lead == 0 and away >= HANDOVER:
+                    if self._want_lead:
+                        self._bg_parked = True
+                        try:
+                            self._bg_idle.wait()
+                        finally:
+                            self._bg_parked = False
+                    elif self._leader is None and away >= HANDOVER:
                         self._lead_once(None)
                     else:
                         self._bg_idle.wait(HANDOVER - away if away < HANDOVER else HANDOVER)
@@ -776,6 +806,10 @@ class Driver:
         if mtus and min(mtus) - 40 < config.mss:
             return config.with_(mss=max(min(mtus) - 40, 64))
         return config
+
+    @staticmethod
+    def _new_trace(limit: int | None) -> Trace:
+        return Trace(maxlen=limit, time_offset=_wall_offset())
 
     def _config(self, config: Config | None) -> Config:
         if config is None:

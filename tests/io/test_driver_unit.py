@@ -28,7 +28,8 @@ from tcpscapy.core.stack import Stack
 from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.driver import Driver
-from tcpscapy.io.rawsock import Received
+from tcpscapy.io.guard import NotRootError
+from tcpscapy.io.rawsock import NoRoute, Received
 
 LOCAL, REMOTE, OTHER = "10.9.0.1", "10.9.0.2", "10.9.0.3"
 ECHO_PORT, CLOSED_PORT = 7, 9
@@ -81,10 +82,17 @@ class FakeNet:
         self.seen: list[Segment] = []  # every segment the driver put on the wire
         self.drop: Callable[[Segment], bool] = lambda seg: False
         self.lock = threading.Lock()
+        self.opens: list[str] = []
+        self.latency = 0.0  # > 0: answers arrive this much later, from another thread
+        self.timers: list[threading.Timer] = []
+        self.unreachable: set[str] = set()
         self.backlog: dict[object, bytearray] = {}  # echo data waiting for send space
         self.closing: set[object] = set()
 
     def open_link(self, dst: str, src: str | None, iface: str | None) -> FakeLink:
+        self.opens.append(dst)
+        if dst in self.unreachable:
+            raise NoRoute(f"no ARP reply from next hop {dst} on eth0")
         link = FakeLink(self, dst, src or LOCAL)
         self.links.append(link)
         return link
@@ -120,7 +128,13 @@ class FakeNet:
                     conn.close()
             for out in peer.segments_to_send(now):
                 # Answers come back on the driver's first link: one reader per interface.
-                self.links[0].deliver(codec.encode(out))
+                packet = codec.encode(out)
+                if self.latency:
+                    timer = threading.Timer(self.latency, self.links[0].deliver, (packet,))
+                    timer.start()
+                    self.timers.append(timer)
+                else:
+                    self.links[0].deliver(packet)
 
     def inject(self, seg: Segment) -> None:
         self.links[0].deliver(codec.encode(seg))
@@ -546,3 +560,67 @@ def test_import_tcpscapy_core_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+# -- more edges ---------------------------------------------------------------------
+
+
+def test_not_root_is_needs_root_with_exit_code_4() -> None:
+    def refuse() -> FakeGuard:
+        raise NotRootError("the RST guard needs root: iptables and NFQUEUE require CAP_NET_ADMIN")
+
+    net = FakeNet()
+    driver = Driver(open_link=net.open_link, reserve_port=FakePorts(), make_guard=refuse)
+    try:
+        with pytest.raises(errors.NeedsRoot) as info:
+            connect(REMOTE, ECHO_PORT, driver=driver)
+        assert info.value.exit_code == 4 and "needs root" in str(info.value)
+        assert driver_threads() == []
+    finally:
+        driver.close()
+
+
+def test_unreachable_host_is_host_unreachable(world: World) -> None:
+    world.net.unreachable.add(OTHER)
+    with pytest.raises(errors.HostUnreachable, match="no ARP reply") as info:
+        world.connect(OTHER)
+    assert info.value.exit_code == 8
+
+
+def test_listening_twice_on_a_port_is_address_in_use(world: World) -> None:
+    with listen(8001, LOCAL, driver=world.driver):
+        with pytest.raises(errors.AddressInUse) as info:
+            listen(8001, LOCAL, driver=world.driver)
+        assert info.value.exit_code == 9
+
+
+def test_a_peer_without_route_is_tried_once_not_per_segment(world: World) -> None:
+    server = listen(8002, LOCAL, driver=world.driver)
+    world.net.unreachable.add(OTHER)
+    for _ in range(3):  # the SYN and two retransmissions from a host we cannot reach
+        world.net.inject(Segment(OTHER, LOCAL, 6000, 8002, 1, 0, SYN, 512))
+    with pytest.raises(errors.TimedOut):
+        server.accept(timeout=0.2)
+    assert world.net.opens.count(OTHER) == 1
+    notes = {e.note for c in world.driver.connections() for e in c.trace if e.segment}
+    assert any(note.startswith("not sent: no ARP reply") for note in notes)
+
+
+def test_trace_limit_keeps_the_newest_entries(world: World) -> None:
+    conn = world.connect(trace_limit=4)
+    for i in range(5):
+        conn.sendall(b"%d" % i)
+        assert conn.recv(timeout=2) == b"%d" % i
+    assert len(conn.trace) == 4
+    assert conn.trace[-1].segment is not None
+
+
+def test_background_thread_handles_traffic_while_the_app_is_away(world: World) -> None:
+    conn = world.connect()
+    world.net.latency = 0.02  # the echo arrives after sendall() has returned
+    conn.sendall(b"while you were out")
+    # No call into the driver from here on: the background thread must read the echo.
+    assert wait_until(lambda: b"while you were out" in conn.trace.segments("in")[-1].payload)
+    assert conn.recv(timeout=0) == b"while you were out"
+    for timer in world.net.timers:
+        timer.join()
