@@ -425,14 +425,23 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:
             raise _translate(exc, f"connect to {ip}:{port}") from None
+        except BaseException:  # e.g. KeyboardInterrupt: nobody will own this connection
+            _give_up(drv, ep)
+            raise
         if ep.connected:
             return conn
         if not done:
-            ep.app_closed = True
-            ep.conn.close()  # in SYN-SENT this deletes the connection at once
-            drv.app_call(ep)
+            _give_up(drv, ep)
             raise errors.ConnectTimeout(f"connect to {ip}:{port} timed out after {timeout:g} s")
         raise conn._failure(connecting=True)
+
+
+def _give_up(drv: Driver, ep: Endpoint) -> None:
+    """Drop a connection still opening (lock held): in SYN-SENT nothing is sent."""
+    ep.app_closed = True
+    if not ep.closed and not drv.closed:
+        ep.conn.abort()
+        drv.app_call(ep)
 
 
 # ---------------------------------------------------------------------- listeners

@@ -369,7 +369,7 @@ class Driver:
         With `mss_from_mtu` the MSS we offer is lowered to fit the link's MTU.
         The trace keeps the newest `trace_limit` entries (None: all).
         """
-        self._start()
+        self.start()
         link = self._link_for(remote[0], src, iface)
         local_ip = src or link.src_ip
         config = self._config(config)
@@ -396,7 +396,7 @@ class Driver:
 
         With `mss_from_mtu` the MSS we offer fits the smallest MTU we listen on.
         """
-        self._start()
+        self.start()
         use = self._hold_port(ip, port, listening=True)
         try:
             with self._in_namespace():
@@ -773,8 +773,11 @@ class Driver:
 
     # -------------------------------------------------------------- setting up
 
-    def _start(self) -> None:
-        """Start the RST guard and the background thread, once."""
+    def start(self) -> None:
+        """Start the RST guard and the background thread, once (the first open does it).
+
+        Call it early to have `guard` for tcpscapy.io.guard.stop_on_signals().
+        """
         if self._started:
             self._check_open()
             return

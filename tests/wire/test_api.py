@@ -38,8 +38,9 @@ QUICK = {"rto": 0.2, "msl": 0.2, "timestamps": False}
 #   echo   echo until EOF, then close
 #   greet  send b"hello" and close at once (the peer closes second)
 #   count  read until EOF, answer b"got N", close
+#   reset  read one chunk, then close with SO_LINGER 0: an RST
 SERVER_CODE = r"""
-import socket, sys, threading
+import socket, struct, sys, threading
 host, mode = sys.argv[1], sys.argv[2]
 srv = socket.create_server((host, 0), backlog=256)
 print(srv.getsockname()[1], flush=True)
@@ -47,6 +48,10 @@ def serve(c):
     with c:
         if mode == "greet":
             c.sendall(b"hello")
+            return
+        if mode == "reset":
+            c.recv(65536)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
         total = 0
         while data := c.recv(65536):
@@ -284,6 +289,21 @@ def test_half_close(net: Lab) -> None:
     assert State.FIN_WAIT_2 in [e.state_change[1] for e in conn.trace if e.state_change]
     assert capture.resets_from(CLIENT) == 0
     assert tcp_counters(net, "server")["EstabResets"] == before["EstabResets"]
+
+
+def test_reset_by_the_kernel_raises_connection_reset(net: Lab) -> None:
+    port = kernel_server(net, "server", SERVER, "reset")
+    with net.enter("client"):
+        conn = tcpscapy.connect(SERVER, port, timeout=5, **QUICK)
+    conn.sendall(b"provoke")
+    with pytest.raises(errors.ConnectionReset) as info:
+        conn.recv(timeout=5)
+    assert info.value.exit_code == 6
+    assert conn.state is State.CLOSED
+    assert conn.close_reason == "connection reset by the peer"
+    assert conn.trace.segments("in")[-1].flags & RST
+    with pytest.raises(errors.ConnectionReset):
+        conn.send(b"after the reset")
 
 
 # -- listening for kernel clients ---------------------------------------------------
