@@ -116,8 +116,20 @@ _CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
     "data_retries": ("retries", _int_in(0, 100)),
     "initial_window": ("initial_window_segments", _int_in(1, 1000)),
 }
+def _syncookies(name: str, value: Any) -> str:
+    if value not in ("never", "auto", "always"):
+        raise errors.BadOption(f"option {name} takes 'never', 'auto' or 'always', not {value!r}")
+    return str(value)
+
+
+# Listener-only options -> (Config field, check).
+_LISTEN_OPTIONS: dict[str, tuple[str, Check]] = {
+    "syncookies": ("syncookies", _syncookies),
+    "tfo": ("tfo_server", _flag),
+    "tfo_no_cookie": ("tfo_no_cookie", _flag),
+}
 _CONNECT_ONLY = ("retries", "sport", "src", "iface", "trace_limit")
-_LISTEN_ONLY = ("retries", "trace_limit")
+_LISTEN_ONLY = ("retries", "trace_limit", *_LISTEN_OPTIONS)
 
 
 def _build_config(options: dict[str, Any], base: Config | None, default: Config, *,
@@ -132,8 +144,8 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
         if name == "retries":
             field = "synack_retries" if listening else "syn_retries"
             changes[field] = _int_in(0, 100)(name, value)
-        elif name in _CONFIG_OPTIONS:
-            field, check = _CONFIG_OPTIONS[name]
+        elif name in _CONFIG_OPTIONS or (listening and name in _LISTEN_OPTIONS):
+            field, check = _CONFIG_OPTIONS.get(name) or _LISTEN_OPTIONS[name]
             changes[field] = check(name, value)
         else:
             extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
@@ -516,7 +528,8 @@ def listen(port: int, host: str | None = None, *, backlog: int = 128,
     """Listen on [host:]port (all local addresses when host is None; port 0 picks one).
 
     Options as for connect(), except that retries counts SYN-ACK retransmissions
-    and sport/src/iface do not apply.
+    and sport/src/iface do not apply; also syncookies ("never", "auto", "always"),
+    tfo (accept data in SYNs with a valid Fast Open cookie) and tfo_no_cookie.
     """
     port = _port(port, zero_ok=True)
     ip = ANY if host is None else resolve(host)

@@ -20,6 +20,16 @@ Drivers are per network namespace: a driver's sockets, port reservations and
 iptables rules live in the namespace it was created in, and it enters that
 namespace for every kernel-facing call made from a thread that is elsewhere.
 `default_driver()` keeps one per namespace.
+
+Measured (2 vCPU VM, client and server namespaces on a veth bridge, median of
+200 connect()+abort() after 20 warm-up rounds): tcpscapy.connect() to a kernel
+listener takes ~170 us, the kernel's own connect() ~10 us in the same lab. Of
+the 170: the engine ~65 (Stack.connect, receive, segments_to_send), the codec
+~25, the two AF_PACKET sends ~40 (the kernel handles the peer's side inside
+them), one recv ~10, driver and API bookkeeping ~30. An earlier design where the
+background thread always led and app threads waited on a Condition measured
+~300 us: the hand-off, and the two threads fighting over the GIL, cost more
+than the handshake itself.
 """
 
 from __future__ import annotations
@@ -377,13 +387,16 @@ class Driver:
             config = self._fit_mss(config, [link])
         port = self._client_port(local_ip, sport)
         with self._lock:
-            self._check_open()
-            now = time.monotonic()
             try:
-                conn = self.stack.connect((local_ip, port.key[1]), remote, now, config=config)
-            except LocalProtocolError as exc:
+                self._check_open()
+                conn = self.stack.connect((local_ip, port.key[1]), remote, time.monotonic(),
+                                          config=config)
+            except LocalProtocolError as exc:  # that 4-tuple is still in use (TIME-WAIT)
                 self._unref(port)
-                raise OSError(str(exc)) from None
+                raise PortInUseError(str(exc)) from None
+            except BaseException:
+                self._unref(port)
+                raise
             ep = Endpoint(conn, port, self._new_trace(trace_limit))
             self._eps[ep.key] = ep
             self.app_call(ep)

@@ -509,6 +509,15 @@ def test_bad_options_are_one_line_errors(world: World, options: dict[str, object
     assert info.value.exit_code == 2
 
 
+def test_listener_options(world: World) -> None:
+    with listen(0, LOCAL, driver=world.driver, syncookies="always", tfo=True) as server:
+        assert server.engine.config.syncookies == "always" and server.engine.config.tfo_server
+    with pytest.raises(errors.BadOption, match="option syncookies takes"):
+        listen(0, LOCAL, driver=world.driver, syncookies="sometimes")
+    with pytest.raises(errors.BadOption, match="unknown option 'syncookies'"):
+        world.connect(syncookies="always")  # a listener's option
+
+
 def test_options_reach_the_syn(world: World) -> None:
     conn = world.connect(mss=1000, wscale=None, sack=False, timestamps=False)
     syn = conn.trace.segments("out")[0]

@@ -340,6 +340,27 @@ def test_listener_echoes_to_many_concurrent_kernel_clients(net: Lab) -> None:
     assert server.engine.syns_received == clients
 
 
+def test_listener_with_syn_cookies_only(net: Lab) -> None:
+    """Connections rebuilt from a cookie ACK (no SYN-RECEIVED state) are adopted too."""
+    with net.enter("server"):
+        server = tcpscapy.listen(0, SERVER, syncookies="always", **QUICK)
+
+    def serve_all() -> None:
+        for _ in range(5):
+            with server.accept(timeout=20) as conn:
+                while data := conn.recv(timeout=20):
+                    conn.sendall(data, timeout=20)
+
+    acceptor = threading.Thread(target=serve_all)
+    acceptor.start()
+    result = net.run("client", [sys.executable, "-c", CLIENTS_CODE, SERVER, str(server.port),
+                                "5"], capture_output=True, text=True, timeout=60)
+    acceptor.join(20)
+    assert result.stdout.split() == ["5", "5"], result.stderr
+    assert server.engine.cookies_validated == 5
+    server.close()
+
+
 # -- failing to connect -------------------------------------------------------------
 
 
