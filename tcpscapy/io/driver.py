@@ -42,6 +42,7 @@ import os
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -515,9 +516,16 @@ class Driver:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        atexit.unregister(self._close_at_exit)
         with self._lock, self._in_namespace():
             self._release_everything()
         _all_drivers.discard(self)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:  # nothing left to raise to at exit
+            print(f"tcpscapy: closing the driver failed: {_one_line(exc)}", file=sys.stderr)
 
     def __enter__(self) -> Driver:
         return self
@@ -805,6 +813,9 @@ class Driver:
                 with self._lock:
                     self.guard = guard
                     self._selector.register(guard.fileno(), selectors.EVENT_READ, _GUARD)
+            # After the guard's own atexit hook, so ours runs first (LIFO): connections
+            # close while the guard still drops the kernel's RSTs.
+            atexit.register(self._close_at_exit)
             if self._background:
                 self._thread = threading.Thread(target=self._run, name="tcpscapy-driver",
                                                 daemon=True)
@@ -1079,5 +1090,3 @@ def close_all(linger: float = LINGER) -> None:
     if errors:
         raise errors[0]
 
-
-atexit.register(close_all)

@@ -228,7 +228,7 @@ def test_a_megabyte_echoes_intact(net: Lab, timestamps: bool) -> None:
     with net.enter("client"):
         conn = tcpscapy.connect(SERVER, port, timeout=5, timestamps=timestamps)
     with conn:
-        assert echo(conn, payload) == payload
+        assert echo(conn, payload, timeout=3) == payload  # ~0.1 s when it works
         assert conn.driver.stats.send_errors == 0
 
 
@@ -304,6 +304,25 @@ def test_reset_by_the_kernel_raises_connection_reset(net: Lab) -> None:
     assert conn.trace.segments("in")[-1].flags & RST
     with pytest.raises(errors.ConnectionReset):
         conn.send(b"after the reset")
+
+
+def test_exiting_without_close_ends_with_fin_not_rst(net: Lab) -> None:
+    """At interpreter exit the driver closes (FIN) while the guard still drops RSTs."""
+    port = kernel_server(net, "server", SERVER)
+    before = tcp_counters(net, "server")
+    capture = Capture(net, "server")
+    script = ("import sys, tcpscapy\n"
+              "conn = tcpscapy.connect(sys.argv[1], int(sys.argv[2]), timeout=5, "
+              "timestamps=False)\n"
+              "conn.sendall(b'bye' * 1000)\n"
+              "print(conn.recv(timeout=5)[:3].decode())\n")  # no close(): exit does it
+    result = net.run("client", [sys.executable, "-c", script, SERVER, str(port)],
+                     capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "bye", "")
+    assert capture.resets_from(CLIENT) == 0
+    assert tcp_counters(net, "server")["EstabResets"] == before["EstabResets"]
+    with net.enter("client"):
+        assert iptables.status() == []  # the exiting process took its rules along
 
 
 # -- listening for kernel clients ---------------------------------------------------
