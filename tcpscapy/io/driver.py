@@ -36,19 +36,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import fcntl
 import os
 import selectors
-import socket
-import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from tcpscapy import netns
 from tcpscapy.core import events as ev
@@ -58,8 +53,21 @@ from tcpscapy.core.errors import LocalProtocolError
 from tcpscapy.core.segment import Segment
 from tcpscapy.core.stack import ANY, Listener, Stack
 from tcpscapy.core.state import State
-from tcpscapy.io import codec
-from tcpscapy.io.rawsock import DEFAULT_MARK, LinkError, Received
+from tcpscapy.io import codec, plumbing
+from tcpscapy.io.plumbing import (
+    GuardFactory,
+    GuardLike,
+    LinkLike,
+    LinkOpener,
+    PortReserver,
+    ReceiverOpener,
+    ReservationLike,
+    link_mtu,
+    mute,
+    one_line,
+    setns,
+)
+from tcpscapy.io.rawsock import LinkError
 from tcpscapy.trace import Trace
 
 __all__ = [
@@ -86,114 +94,10 @@ TRACE_LIMIT = 20_000  # entries kept per connection: segments hold their payload
 NO_ROUTE_HOLD = 5.0  # seconds a failed link open (no ARP answer) is not retried
 _LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 _OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
-_THREAD_NETNS = "/proc/thread-self/ns/net"
-_CLONE_NEWNET = 0x40000000
-_SO_ATTACH_FILTER = 26
-_DROP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0)  # classic BPF: ret 0
 
 
 class DriverClosed(RuntimeError):
     """The driver was closed (or its loop failed); it takes no more work."""
-
-
-# -- what the driver needs from the outside world (fakes stand in for tests) ---------
-
-
-class LinkLike(Protocol):
-    iface: str
-    src_ip: str
-    dst_mac: str | None
-
-    def send(self, packet: bytes) -> None: ...
-    def recv_many(self, max_n: int = ...) -> list[Received]: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class GuardLike(Protocol):
-    dropped: int
-
-    def start(self) -> object: ...
-    def stop(self) -> None: ...
-    def own_port(self, local_ip: str, local_port: int) -> None: ...
-    def disown_port(self, local_ip: str, local_port: int) -> None: ...
-    def fileno(self) -> int: ...
-    def process_pending(self) -> int: ...
-
-
-class ReservationLike(Protocol):
-    ip: str
-    port: int
-
-    def close(self) -> None: ...
-
-
-LinkOpener = Callable[[str, str | None, str | None], LinkLike]  # (dst, src, iface)
-ReceiverOpener = Callable[[str], list[LinkLike]]  # local ip (0.0.0.0: all) -> readers
-PortReserver = Callable[[str, int], ReservationLike]  # (ip, port or 0)
-GuardFactory = Callable[[], GuardLike]
-
-
-def _open_link(dst: str, src: str | None, iface: str | None) -> LinkLike:
-    from tcpscapy.io.rawsock import open_link
-
-    return open_link(dst, src_ip=src, iface=iface, mark=DEFAULT_MARK)
-
-
-def _open_receivers(ip: str) -> list[LinkLike]:
-    """Receive-only links for segments to local address `ip` (0.0.0.0: every address).
-
-    Each address is read on its own interface and on `lo`, which carries what
-    this host sends to itself.
-    """
-    from tcpscapy.io import rawsock
-
-    links: list[LinkLike] = []
-    try:
-        for iface, addr in _local_addresses():
-            if ip not in (ANY, addr):
-                continue
-            for dev in dict.fromkeys((iface, "lo")):
-                # rawsock has no receive-only opener yet; its socket helper is the one we need.
-                sock = rawsock._packet_socket(dev, addr)
-                links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr, dst_ip=addr,
-                                          src_mac=None, dst_mac=None, next_hop=None,
-                                          mark=DEFAULT_MARK))
-    except PermissionError:
-        for link in links:
-            link.close()
-        raise rawsock.LinkNeedsRoot("raw sockets need root (CAP_NET_RAW)") from None
-    except BaseException:
-        for link in links:
-            link.close()
-        raise
-    return links
-
-
-def _local_addresses() -> list[tuple[str, str]]:
-    """(interface, IPv4 address) pairs of the calling thread's namespace, from `ip`."""
-    import json
-    import subprocess
-
-    try:
-        out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True,
-                             text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise LinkError(f"cannot list local addresses with `ip`: {_one_line(exc)}") from None
-    return [(link["ifname"], info["local"]) for link in json.loads(out or "[]")
-            for info in link.get("addr_info", ()) if info.get("family") == "inet"]
-
-
-def _reserve_port(ip: str, port: int) -> ReservationLike:
-    from tcpscapy.io.ports import reserve_port
-
-    return reserve_port(ip, port)
-
-
-def _make_guard() -> GuardLike:
-    from tcpscapy.io.guard import RstGuard
-
-    return RstGuard(mark=DEFAULT_MARK)
 
 
 # -- bookkeeping ------------------------------------------------------------------------
@@ -264,19 +168,6 @@ class Stats:
     send_errors: int = 0
 
 
-# -- namespaces -------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        if err == 1:  # EPERM
-            raise netns.NeedsRoot("entering the driver's network namespace needs root")
-        raise OSError(err, f"setns failed: {os.strerror(err)}")
-
-
 # -- the driver -------------------------------------------------------------------------
 
 _WAKE = "wake"
@@ -286,10 +177,12 @@ _GUARD = "guard"
 class Driver:
     """One event loop over raw sockets for a core Stack; see the module docstring."""
 
-    def __init__(self, config: Config | None = None, *, open_link: LinkOpener = _open_link,
-                 open_receivers: ReceiverOpener = _open_receivers,
-                 reserve_port: PortReserver = _reserve_port,
-                 make_guard: GuardFactory | None = _make_guard, warm_ports: int = WARM_PORTS,
+    def __init__(self, config: Config | None = None, *,
+                 open_link: LinkOpener = plumbing.open_link,
+                 open_receivers: ReceiverOpener = plumbing.open_receivers,
+                 reserve_port: PortReserver = plumbing.reserve_port,
+                 make_guard: GuardFactory | None = plumbing.make_guard,
+                 warm_ports: int = WARM_PORTS,
                  background: bool = True) -> None:
         config = config or Config()
         if config.secret == bytes(len(config.secret)):
@@ -306,7 +199,7 @@ class Driver:
         self._background = background
         self.guard: GuardLike | None = None
         # The namespace this driver lives in, held open so its id stays unique.
-        self._ns_fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        self._ns_fd = os.open(plumbing.THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         self._ns_id = os.fstat(self._ns_fd).st_ino
         # Engine lock; `_changed` wakes app threads, `_bg_idle` the background thread.
         self._lock = threading.Lock()
@@ -525,7 +418,7 @@ class Driver:
         try:
             self.close()
         except Exception as exc:  # nothing left to raise to at exit
-            print(f"tcpscapy: closing the driver failed: {_one_line(exc)}", file=sys.stderr)
+            print(f"tcpscapy: closing the driver failed: {one_line(exc)}", file=sys.stderr)
 
     def __enter__(self) -> Driver:
         return self
@@ -690,7 +583,7 @@ class Driver:
             link.send(codec.encode(seg))
         except (LinkError, OSError, ValueError) as exc:
             self.stats.send_errors += 1
-            return f"not sent: {_one_line(exc)}"
+            return f"not sent: {one_line(exc)}"
         self.stats.sent += 1
         return ""
 
@@ -754,7 +647,7 @@ class Driver:
 
     def _check_alive(self) -> None:
         if self._failure is not None:
-            raise DriverClosed(f"the driver loop failed: {_one_line(self._failure)}")
+            raise DriverClosed(f"the driver loop failed: {one_line(self._failure)}")
         if self._closed:
             raise DriverClosed("the driver is closed")
 
@@ -773,7 +666,7 @@ class Driver:
         """
         try:
             if netns.current_id() != self._ns_id:
-                _setns(self._ns_fd)  # this thread lives in the driver's namespace
+                setns(self._ns_fd)  # this thread lives in the driver's namespace
             with self._lock:
                 while not self._closed:
                     away = time.monotonic() - self._app_at
@@ -867,7 +760,7 @@ class Driver:
             link = new
             self._senders[(link.iface, link.src_ip, link.dst_mac)] = link
             if not self._adopt_reader(link, keep=True):
-                _mute(link)  # the reader already sees this traffic; no second copy
+                mute(link)  # the reader already sees this traffic; no second copy
         self._route_links[key] = link
         self._links[(link.src_ip, key[0])] = link
         return link
@@ -1003,61 +896,17 @@ class Driver:
         if errors:
             raise errors[0]
 
-    @contextlib.contextmanager
-    def _in_namespace(self) -> Iterator[None]:
-        """Run the block in the driver's namespace (a no-op if this thread is already there)."""
-        if self._ns_fd < 0 or netns.current_id() == self._ns_id:
-            yield
-            return
-        back = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._ns_fd)
-            try:
-                yield
-            finally:
-                _setns(back)
-        finally:
-            os.close(back)
+    def _in_namespace(self) -> contextlib.AbstractContextManager[None]:
+        """Kernel-facing calls run in the driver's namespace, whatever thread makes them."""
+        return plumbing.in_namespace(self._ns_fd, self._ns_id)
 
 
 class PortInUseError(OSError):
     """A local port is already used by this driver."""
 
 
-def _mute(link: LinkLike) -> None:
-    """Make a link send-only: a drop-all filter on its receiving socket (best effort)."""
-    try:
-        sock = socket.socket(fileno=os.dup(link.fileno()))
-    except OSError:
-        return  # not a socket (a test fake)
-    with sock:
-        buf = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
-        fprog = struct.pack("HL", 1, ctypes.addressof(buf))
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
-
-
-_SIOCGIFMTU = 0x8921
-_IFREQ = struct.Struct("16si12x")  # struct ifreq: name, then ifr_mtu in the union
-
-
-def link_mtu(link: LinkLike) -> int | None:
-    """The MTU of the link's interface, asked through its own socket (so in its namespace)."""
-    try:
-        with socket.socket(fileno=os.dup(link.fileno())) as sock:
-            req = _IFREQ.pack(link.iface.encode()[:15], 0)
-            return int(_IFREQ.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, req))[1])
-    except (OSError, ValueError):
-        return None  # not a socket (a test fake), or the interface is gone
-
-
 def _wall_offset() -> float:
     return time.time() - time.monotonic()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # -- one driver per namespace -----------------------------------------------------------
