@@ -12,6 +12,8 @@ from .events import (
     Reset,
     SendSpace,
     StateChanged,
+    TfoCookieReceived,
+    TfoIgnored,
 )
 from .options import NO_OPTIONS, Options, encode_options, parse_options
 from .segment import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Segment, flag_str, parse_flags
@@ -21,5 +23,6 @@ __all__ = [
     "ACK", "CWR", "ECE", "FIN", "NO_OPTIONS", "PSH", "RST", "SYN", "URG",
     "Closed", "Config", "Connected", "DataReceived", "Event", "LocalProtocolError",
     "Options", "PeerClosed", "Reset", "Segment", "SendSpace", "State", "StateChanged",
+    "TfoCookieReceived", "TfoIgnored",
     "encode_options", "flag_str", "parse_flags", "parse_options",
 ]

@@ -59,6 +59,11 @@ class Listener:
         self.cookies_validated = 0
         self.cookies_rejected = 0  # bad or expired cookie ACKs, answered with RST
         self.listen_overflows = 0  # handshake-completing ACKs dropped: accept queue full
+        # TCP Fast Open, in Linux's counter names (TCPFastOpenPassive, ...).
+        self.tfo_passive = 0  # SYN data accepted
+        self.tfo_cookie_requests = 0
+        self.tfo_passive_fail = 0  # a cookie came but the data was not accepted
+        self.tfo_overflows = 0  # too many Fast Open connections pending: plain handshake
         self.closed = False
 
     def __repr__(self) -> str:
@@ -78,7 +83,8 @@ class Listener:
         """The listener's counters by name, for summaries and JSON."""
         return {name: getattr(self, name) for name in (
             "syns_received", "syns_dropped", "cookies_sent", "cookies_validated",
-            "cookies_rejected", "listen_overflows")}
+            "cookies_rejected", "listen_overflows", "tfo_passive", "tfo_cookie_requests",
+            "tfo_passive_fail", "tfo_overflows")}
 
     def accept(self) -> Connection | None:
         """The oldest established connection not yet handed out, or None."""
@@ -122,9 +128,31 @@ class Listener:
             return
         conn = Connection((seg.dst, seg.dport), (seg.src, seg.sport), self.config)
         conn.listener = self
-        conn.accept_syn(seg, now)
-        self._handshaking.add(conn)
+        pending = sum(c.tfo_pending for c in (*self._handshaking, *self._ready))
+        tfo_allowed = pending < self.config.tfo_max_pending
+        conn.accept_syn(seg, now, tfo_allowed=tfo_allowed)
+        self._count_fast_open(conn, seg, tfo_allowed)
+        if conn.tfo_pending:
+            self._ready.append(conn)  # as Linux: accept() it at once and read the SYN's data
+        else:
+            self._handshaking.add(conn)
         self.stack._add(conn)
+
+    def _count_fast_open(self, conn: Connection, syn: Segment, allowed: bool) -> None:
+        if not self.config.tfo_server:
+            return
+        if not allowed and (syn.options.tfo_cookie is not None or syn.payload):
+            self.tfo_overflows += 1
+            return
+        if conn.tfo is None:
+            return
+        cookie = conn.tfo.cookie_received
+        if conn.tfo.accepted:
+            self.tfo_passive += 1
+        elif cookie == b"":
+            self.tfo_cookie_requests += 1
+        elif cookie:
+            self.tfo_passive_fail += 1
 
     def _cookies_in_play(self, now: float) -> bool:
         mode = self.config.syncookies
@@ -199,7 +227,9 @@ class Stack:
         return listener
 
     def connect(self, local: Address, remote: Address, now: float, *,
-                config: Config | None = None, data: bytes = b"") -> Connection:
+                config: Config | None = None, data: bytes = b"",
+                tfo_cookie: bytes | None = None, tfo_experimental: bool = False,
+                tfo_mss: int | None = None) -> Connection:
         key = (*local, *remote)
         if key in self._conns:
             raise LocalProtocolError(
@@ -207,7 +237,8 @@ class Stack:
                 f"({self._conns[key].state})")
         conn = Connection(local, remote, config or self.config)
         self._add(conn)
-        conn.connect(now, data=data)
+        conn.connect(now, data=data, tfo_cookie=tfo_cookie, tfo_experimental=tfo_experimental,
+                     tfo_mss=tfo_mss)
         return conn
 
     @property

@@ -389,7 +389,9 @@ def test_always_mode_connects_statelessly_and_transfers_both_ways() -> None:
     assert all(seq_le(later[0], t) for t in later)  # the cookie TSval comes first
     assert listener.counters == {"syns_received": 1, "syns_dropped": 0, "cookies_sent": 1,
                                  "cookies_validated": 1, "cookies_rejected": 0,
-                                 "listen_overflows": 0}
+                                 "listen_overflows": 0, "tfo_passive": 0,
+                                 "tfo_cookie_requests": 0, "tfo_passive_fail": 0,
+                                 "tfo_overflows": 0}
 
 
 def test_always_mode_client_without_timestamps_gets_no_wscale_and_no_sack() -> None:

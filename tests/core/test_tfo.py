@@ -415,9 +415,7 @@ def exchange(net: Network, client: Stack, server: Stack, port: int, request: byt
              **tfo: object) -> Exchange:
     """Connect from port `port` with `request` (and Fast Open arguments); the server's
     application answers REPLY as soon as it has the request, even in SYN-RECEIVED."""
-    conn = Connection((A, port), SERVER, client.config)
-    client._add(conn)  # as Stack.connect does; it does not pass TFO arguments (yet)
-    conn.connect(net.now, data=request, **tfo)  # type: ignore[arg-type]
+    conn = client.connect((A, port), SERVER, net.now, data=request, **tfo)  # type: ignore[arg-type]
     started = net.now
     ours = App(lambda: conn)
     theirs = App(lambda: server.connection(SERVER, (A, port)))

@@ -358,7 +358,7 @@ def test_new_syn_may_reopen_a_time_wait_connection() -> None:
 def test_backlog_full_drops_syns() -> None:
     net, client, server, _ = pair()
     server._listeners.clear()
-    small = server.listen(B, 81, backlog=2)
+    small = server.listen(B, 81, backlog=2, config=CFG.with_(syncookies="never"))
     conns = [client.connect((A, 41000 + i), (B, 81), 0.0) for i in range(3)]
     net.run(timeout=0.5)
     assert [c.state for c in conns].count(State.ESTABLISHED) == 2
