@@ -216,7 +216,7 @@ class SenderMixin:
         usable = seq_diff(seq_add(self.snd_una, self.snd_wnd), self.snd_nxt)
         unsent = seq_diff(self._sendbuf.end, self.snd_nxt)
         if usable > 0 and unsent > 0:  # SWS override (RFC 9293 §3.8.6.2.1 (d))
-            self._transmit(self.snd_nxt, min(usable, unsent, self.snd_mss), False, now)
+            self._transmit(self.snd_nxt, min(usable, unsent, self.max_payload()), False, now)
         else:  # an old sequence number: the peer answers with its current window
             self._out.append(self._make(ACK, seq_add(self.snd_una, -1)))
         self._persist_due = now + self._persist_interval()
@@ -226,10 +226,22 @@ class SenderMixin:
 
     # ----------------------------------------------------------- sending
 
+    def max_payload(self: Connection) -> int:
+        """Data bytes per segment: the MSS less the options each segment carries (RFC 6691).
+
+        Timestamps take 12 bytes on every segment; SACK blocks, when we hold
+        out-of-order data, take 4 + 8 per block.
+        """
+        overhead = 12 if self.ts_ok else 0
+        if self.sack_ok and self._reassembly:
+            blocks = len(self._reassembly.sack_blocks(3 if self.ts_ok else 4))
+            overhead += 4 + 8 * blocks
+        return max(self.snd_mss - overhead, 1)
+
     def _send_data(self: Connection, now: float) -> None:
         if not self._state.synchronized and not self.tfo_pending:
             return  # our SYN is not acknowledged yet (a Fast Open server may send before)
-        cfg, mss, buf = self.config, self.snd_mss, self._sendbuf
+        cfg, mss, buf = self.config, self.max_payload(), self._sendbuf
         if self._fin_queued and self._fin_seq is None and self._state.synchronized:
             self._fin_seq = buf.end  # (a Fast Open server's FIN waits for ESTABLISHED)
         while True:
@@ -275,7 +287,7 @@ class SenderMixin:
             return None
         seq, end = hole
         data_end = self._sendbuf.end
-        size = max(min(seq_diff(end, seq), self.snd_mss, seq_diff(data_end, seq)), 0)
+        size = max(min(seq_diff(end, seq), self.max_payload(), seq_diff(data_end, seq)), 0)
         fin_seq = self._fin_seq
         fin = fin_seq is not None and seq_add(seq, size) == fin_seq and seq_gt(end, fin_seq)
         if size == 0 and not fin:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tcpscapy.bulk import A, B, pattern, run_transfer
 from tcpscapy.core import ACK, SYN, Config, DataReceived, SendSpace, State
+from tcpscapy.core.options import encode_options
 from tcpscapy.core.rtt import RttEstimator
 from tcpscapy.core.segment import Segment
 from tcpscapy.sim import Impairment
@@ -116,10 +117,11 @@ def test_fast_retransmit_after_three_duplicate_acks_without_sack() -> None:
 def test_sack_recovery_repairs_several_holes_in_one_round_trip() -> None:
     net, conn, peer = connected(Config(secret=b"sack"))
     seen: list[int] = []
+    holes = {conn.max_payload() * k for k in (2, 5, 8)}  # the 3rd, 6th and 9th segments
 
     def lose_three(seg: Segment) -> bool:
         if seg.src == A and seg.payload and len(seen) < 3 and seg.seq not in seen \
-                and (seg.seq - conn.snd_una) % 2**32 in (2920, 7300, 11680):
+                and (seg.seq - conn.snd_una) % 2**32 in holes:
             seen.append(seg.seq)
             return True
         return False
@@ -253,3 +255,13 @@ def test_delivered_bytes_hold_the_window_until_consumed() -> None:
     peer.data_consumed(len(got))
     net.run(timeout=3)
     assert sum(len(e.data) for e in events(peer) if isinstance(e, DataReceived)) == 8192
+
+
+def test_segments_with_timestamps_fit_the_mss() -> None:
+    """RFC 6691: payload plus options never exceed the MSS, so 1500-byte links fit."""
+    result = run_transfer(200_000, 200_000, impairment=Impairment(loss=0.05, reorder=0.2, seed=5))
+    assert_intact(result, 200_000, 200_000)
+    for seg in result.net.sent():
+        option_bytes = len(encode_options(seg.options)) if seg.payload else 0
+        assert len(seg.payload) + option_bytes <= 1460 + (12 if seg.flags & SYN else 0)
+    assert max(len(s.payload) for s in result.net.sent()) == 1448

@@ -439,7 +439,7 @@ def test_delayed_ack_waits_but_under_500ms_and_acks_every_second_segment() -> No
     acks = [d for d in net.log[start:] if d.segment.src == B]
     assert len(acks) == 1 and acks[0].time - net.log[start].time < 0.5
     start = len(net.log)
-    conn.send(b"y" * (4 * 1460))
+    conn.send(b"y" * (4 * conn.max_payload()))  # 1448: the MSS less 12 bytes of timestamps
     net.run(timeout=1)
     data = [d for d in net.log[start:] if d.segment.src == A and d.segment.payload]
     acks = [d for d in net.log[start:] if d.segment.src == B]
