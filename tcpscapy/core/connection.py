@@ -9,8 +9,10 @@ step; the step numbers in comments are the RFC's.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from . import events as ev
 from . import tfo
@@ -36,6 +38,23 @@ SYNCHRONIZED_SENDING = frozenset(
 )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _application_call(method: Callable[Concatenate[Connection, P], R]
+                      ) -> Callable[Concatenate[Connection, P], R]:
+    """Tell the owner (the stack) that the application changed something."""
+    @functools.wraps(method)
+    def call(self: Connection, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if self.on_activity is not None:
+                self.on_activity(self)
+    return call
+
+
 class Connection(SenderMixin):
     """A TCP connection between `local` and `remote` (each (ip, port))."""
 
@@ -49,6 +68,9 @@ class Connection(SenderMixin):
         self._out: list[Segment] = []
         self.passive = False  # opened from LISTEN (matters for RST in SYN-RECEIVED)
         self.listener: Listener | None = None  # the listener that spawned us, until accepted
+        # The stack's bookkeeping: told of application calls; the deadline it has queued.
+        self.on_activity: Callable[[Connection], None] | None = None
+        self.timer_scheduled: float | None = None
         self.close_reason = ""
         # Send sequence space (RFC 9293 §3.3.1).
         self.iss = 0
@@ -214,6 +236,7 @@ class Connection(SenderMixin):
         self._set_state(State.SYN_RECEIVED)
         self.receive(ack, now)
 
+    @_application_call
     def send(self, data: bytes) -> int:
         """Queue data; returns how many bytes fit in the send buffer (maybe 0)."""
         if self._fin_queued or self._state in (State.CLOSED, State.LISTEN) or \
@@ -225,6 +248,7 @@ class Connection(SenderMixin):
             self._send_blocked = True
         return taken
 
+    @_application_call
     def shutdown(self) -> None:
         """Half-close: FIN after the queued data; we can still receive (RFC 9293 CLOSE)."""
         if self._state in (State.CLOSED, State.LISTEN):
@@ -238,6 +262,7 @@ class Connection(SenderMixin):
             self._set_state(State.LAST_ACK)
         # SYN-SENT / SYN-RECEIVED: the FIN waits for ESTABLISHED (see _enter_established).
 
+    @_application_call
     def close(self) -> None:
         """Full close: shutdown, and discard whatever data still arrives."""
         if self._state is State.SYN_SENT:  # RFC 9293 §3.10.4: delete the TCB
@@ -248,12 +273,14 @@ class Connection(SenderMixin):
         self._app_closed = True
         self.shutdown()
 
+    @_application_call
     def abort(self) -> None:
         """Send RST if the peer knows us, and drop the connection (RFC 9293 ABORT)."""
         if self._state in (State.SYN_RECEIVED, *SYNCHRONIZED_SENDING, State.FIN_WAIT_2):
             self._out.append(self._make(RST, self.snd_nxt, ack=False))
         self._close("aborted by the application")
 
+    @_application_call
     def data_consumed(self, nbytes: int) -> None:
         """The application read `nbytes` of delivered data: reopen that much window."""
         before = self._window_to_advertise()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 from .config import Config
@@ -206,13 +207,22 @@ class Listener:
 
 
 class Stack:
-    """Demultiplexes segments to connections and listeners; answers the rest."""
+    """Demultiplexes segments to connections and listeners; answers the rest.
+
+    Work is proportional to activity, not to the number of connections: only
+    connections touched since the last flush (by a segment, a timer or an
+    application call) are asked for segments, and timers sit in a heap whose
+    stale entries are dropped as they surface.
+    """
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self._conns: dict[FourTuple, Connection] = {}
         self._listeners: dict[Address, Listener] = {}
         self._out: list[Segment] = []
+        self._dirty: dict[Connection, None] = {}  # insertion-ordered: runs replay exactly
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._timer_seq = 0
         self.resets_sent = 0
 
     # ------------------------------------------------------------ app side
@@ -251,18 +261,20 @@ class Stack:
     # ------------------------------------------------------------- network
 
     def receive(self, seg: Segment, now: float) -> None:
-        conn = self._conns.get((seg.dst, seg.dport, seg.src, seg.sport))
+        key = (seg.dst, seg.dport, seg.src, seg.sport)
+        conn = self._conns.get(key)
         listener = self._listeners.get((seg.dst, seg.dport)) or self._listeners.get(
             (ANY, seg.dport))
         if conn is not None and conn.state is State.TIME_WAIT and listener is not None \
                 and self._may_reuse_time_wait(conn, seg):
-            del self._conns[(seg.dst, seg.dport, seg.src, seg.sport)]
+            del self._conns[key]
             conn = None
         if conn is not None:
             owner = conn.listener
             if owner is not None and owner._holds_back(conn, seg):
                 return
             conn.receive(seg, now)
+            self._dirty[conn] = None
             if owner is not None:
                 owner._progress(conn)
             return
@@ -290,33 +302,61 @@ class Stack:
             self._out.append(rst)
 
     def segments_to_send(self, now: float) -> list[Segment]:
+        """Everything due from the connections touched since the last call."""
         out, self._out = self._out, []
-        closed = []
-        for key, conn in self._conns.items():
+        dirty, self._dirty = self._dirty, {}
+        for conn in dirty:
             out += conn.segments_to_send(now)
+            self._schedule(conn)
             if conn.state is State.CLOSED:
-                closed.append(key)
-        for key in closed:
-            conn = self._conns.pop(key)
-            owner = conn.listener
-            if owner is not None:
-                owner._progress(conn)
+                key = (*conn.local, *conn.remote)
+                if self._conns.get(key) is conn:
+                    del self._conns[key]
+                if conn.listener is not None:
+                    conn.listener._progress(conn)
         return out
 
     # -------------------------------------------------------------- timers
 
-    def get_timer(self) -> float | None:
-        timers = [t for c in self._conns.values() if (t := c.get_timer()) is not None]
-        return min(timers) if timers else None
+    def _schedule(self, conn: Connection) -> None:
+        due = conn.get_timer()
+        if due is not None and due != conn.timer_scheduled:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (due, self._timer_seq, conn))
+        conn.timer_scheduled = due
 
-    def handle_timer(self, now: float) -> None:
-        for conn in list(self._conns.values()):
-            due = conn.get_timer()
-            if due is not None and due <= now:
-                conn.handle_timer(now)
-                owner = conn.listener
-                if owner is not None:
-                    owner._progress(conn)
+    def _live(self, due: float, conn: Connection) -> bool:
+        return conn.timer_scheduled == due and \
+            self._conns.get((*conn.local, *conn.remote)) is conn
+
+    def get_timer(self) -> float | None:
+        for conn in self._dirty:
+            self._schedule(conn)
+        timers = self._timers
+        while timers and not self._live(timers[0][0], timers[0][2]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def handle_timer(self, now: float) -> list[Connection]:
+        """Fire every deadline that has come; returns the connections whose timers ran."""
+        fired: list[Connection] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, conn = heapq.heappop(timers)
+            if not self._live(due, conn):
+                continue
+            conn.timer_scheduled = None
+            conn.handle_timer(now)
+            self._dirty[conn] = None
+            fired.append(conn)
+            if conn.listener is not None:
+                conn.listener._progress(conn)
+        return fired
 
     def _add(self, conn: Connection) -> None:
         self._conns[(*conn.local, *conn.remote)] = conn
+        conn.on_activity = self._touched
+        self._dirty[conn] = None
+
+    def _touched(self, conn: Connection) -> None:
+        self._dirty[conn] = None

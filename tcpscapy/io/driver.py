@@ -537,11 +537,10 @@ class Driver:
         return ep
 
     def _fire_timers(self, now: float) -> None:
-        due = [ep for ep in self._eps.values()
-               if (t := ep.conn.get_timer()) is not None and t <= now]
-        self.stack.handle_timer(now)
-        for ep in due:
-            self._dispatch(ep, now)
+        for conn in self.stack.handle_timer(now):
+            ep = self._eps.get((*conn.local, *conn.remote))
+            if ep is not None and ep.conn is conn:
+                self._dispatch(ep, now)
 
     def _dispatch(self, ep: Endpoint, now: float) -> None:
         """Turn the connection's events into Endpoint fields and trace entries."""

@@ -216,12 +216,7 @@ def test_options_we_leave_out_the_kernel_leaves_out(net: Lab) -> None:
         assert max(sizes) == 1000  # the kernel honours our MSS
 
 
-@pytest.mark.parametrize("timestamps", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="engine bug (reported to the lead): with timestamps a full-MSS "
-        "data segment carries 1460 bytes + 12 option bytes, a 1512-byte packet")),
-])
+@pytest.mark.parametrize("timestamps", [False, True])
 def test_a_megabyte_echoes_intact(net: Lab, timestamps: bool) -> None:
     port = kernel_server(net, "server", SERVER)
     payload = os.urandom(1 << 20)
@@ -312,8 +307,7 @@ def test_exiting_without_close_ends_with_fin_not_rst(net: Lab) -> None:
     before = tcp_counters(net, "server")
     capture = Capture(net, "server")
     script = ("import sys, tcpscapy\n"
-              "conn = tcpscapy.connect(sys.argv[1], int(sys.argv[2]), timeout=5, "
-              "timestamps=False)\n"
+              "conn = tcpscapy.connect(sys.argv[1], int(sys.argv[2]), timeout=5)\n"
               "conn.sendall(b'bye' * 1000)\n"
               "print(conn.recv(timeout=5)[:3].decode())\n")  # no close(): exit does it
     result = net.run("client", [sys.executable, "-c", script, SERVER, str(port)],
