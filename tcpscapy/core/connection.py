@@ -72,6 +72,7 @@ class Connection(SenderMixin):
         self.on_activity: Callable[[Connection], None] | None = None
         self.timer_scheduled: float | None = None
         self.close_reason = ""
+        self.close_cause = ""  # one word, as in events.Closed
         # Send sequence space (RFC 9293 §3.3.1).
         self.iss = 0
         self.snd_una = self.snd_nxt = 0
@@ -131,14 +132,15 @@ class Connection(SenderMixin):
         if new is State.ESTABLISHED and old in (State.SYN_SENT, State.SYN_RECEIVED):
             self._events.append(ev.Connected())
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, cause: str = "closed") -> None:
         if self._state is State.CLOSED:
             return
         self._set_state(State.CLOSED)
         self.close_reason = reason
+        self.close_cause = cause
         self._rto_due = self._ack_due = self._time_wait_due = None
         self._persist_due = self._keepalive_due = self._stalled_since = None
-        self._events.append(ev.Closed(reason))
+        self._events.append(ev.Closed(reason, cause))
 
     def next_event(self) -> ev.Event | None:
         return self._events.popleft() if self._events else None
@@ -266,7 +268,7 @@ class Connection(SenderMixin):
     def close(self) -> None:
         """Full close: shutdown, and discard whatever data still arrives."""
         if self._state is State.SYN_SENT:  # RFC 9293 §3.10.4: delete the TCB
-            self._close("closed by the application before the handshake completed")
+            self._close("closed by the application before the handshake completed", "aborted")
             return
         if self._state is State.CLOSED:
             return
@@ -278,7 +280,7 @@ class Connection(SenderMixin):
         """Send RST if the peer knows us, and drop the connection (RFC 9293 ABORT)."""
         if self._state in (State.SYN_RECEIVED, *SYNCHRONIZED_SENDING, State.FIN_WAIT_2):
             self._out.append(self._make(RST, self.snd_nxt, ack=False))
-        self._close("aborted by the application")
+        self._close("aborted by the application", "aborted")
 
     @_application_call
     def data_consumed(self, nbytes: int) -> None:
@@ -338,7 +340,7 @@ class Connection(SenderMixin):
         if flags & RST:  # second
             if flags & ACK:  # RFC 5961 §3.2: only an RST that acks our SYN counts
                 self._events.append(ev.Reset(refused=True))
-                self._close("connection refused: the peer answered the SYN with RST")
+                self._close("connection refused: the peer answered the SYN with RST", "refused")
             return
         if not flags & SYN:  # fifth: neither SYN nor RST
             return
@@ -394,10 +396,10 @@ class Connection(SenderMixin):
             if seg.seq != self.rcv_nxt:
                 self._challenge_ack(now)
             elif self._state is State.SYN_RECEIVED and self.passive:
-                self._close("reset by the peer during the handshake")  # back to LISTEN
+                self._close("reset by the peer during the handshake", "reset")  # back to LISTEN
             elif self._state is State.SYN_RECEIVED:
                 self._events.append(ev.Reset(refused=True))
-                self._close("connection refused: the peer reset the simultaneous open")
+                self._close("connection refused: the peer reset the simultaneous open", "refused")
             else:
                 self._on_reset()
             return
@@ -534,10 +536,10 @@ class Connection(SenderMixin):
     def _on_reset(self) -> None:
         state = self._state
         if state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
-            self._close("closed by RST from the peer")
+            self._close("closed by RST from the peer", "reset")
         else:
             self._events.append(ev.Reset())
-            self._close("connection reset by the peer")
+            self._close("connection reset by the peer", "reset")
 
     def _enter_established(self) -> None:
         self._retries = 0

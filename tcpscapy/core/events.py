@@ -47,9 +47,16 @@ class Reset(Event):
 
 @dataclass(frozen=True, slots=True)
 class Closed(Event):
-    """The connection reached CLOSED; `reason` says why in words."""
+    """The connection reached CLOSED; `reason` says why in words, `cause` in one word.
+
+    Causes: "closed" (both FINs done, or TIME-WAIT over), "reset" (RST from the
+    peer), "refused" (RST to our SYN), "timeout" (retransmissions exhausted),
+    "user-timeout", "keepalive" (probes unanswered), "aborted" (our abort(), or
+    close() before the handshake completed).
+    """
 
     reason: str
+    cause: str = "closed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,7 @@ class SenderMixin:
             what = {State.SYN_SENT: "connection timed out: no answer to the SYN",
                     State.SYN_RECEIVED: "handshake timed out: no ACK for the SYN-ACK"}.get(
                 state, "connection timed out: data not acknowledged")
-            self._close(f"{what} after {self._retries} retransmissions")
+            self._close(f"{what} after {self._retries} retransmissions", "timeout")
             return
         self._retries += 1
         self.rtt.back_off()
@@ -187,7 +187,8 @@ class SenderMixin:
         cfg = self.config
         if self._stalled_since is not None and cfg.user_timeout is not None \
                 and now >= self._stalled_since + cfg.user_timeout:
-            self._close(f"user timeout: the peer acknowledged nothing for {cfg.user_timeout:g} s")
+            self._close(f"user timeout: the peer acknowledged nothing for {cfg.user_timeout:g} s",
+                        "user-timeout")
             return
         if self._rto_due is not None and now >= self._rto_due:
             self._rto_due = None
@@ -199,7 +200,7 @@ class SenderMixin:
         if self._keepalive_due is not None and now >= self._keepalive_due:
             self._keepalive_due = None
             if self._keepalive_probes >= cfg.keepalive_probes:
-                self._close(f"keepalive: no answer to {self._keepalive_probes} probes")
+                self._close(f"keepalive: no answer to {self._keepalive_probes} probes", "keepalive")
                 return
             self._keepalive_probes += 1
             # An already-acknowledged sequence number makes the peer answer with an ACK.

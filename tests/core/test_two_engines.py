@@ -449,3 +449,15 @@ def test_delayed_ack_waits_but_under_500ms_and_acks_every_second_segment() -> No
 def test_ack_flag_needed_before_any_event() -> None:
     assert ACK and FIN and RST  # flags are plain ints: cheap on the hot path
     assert isinstance(ACK | FIN, int)
+
+
+def test_closed_events_name_their_cause() -> None:
+    net, conn, peer = connected()
+    conn.abort()
+    net.run(lambda: peer.state is State.CLOSED, timeout=2)
+    assert [e.cause for e in events(conn) if isinstance(e, Closed)] == ["aborted"]
+    assert [e.cause for e in events(peer) if isinstance(e, Closed)] == ["reset"]
+    client = Stack(CFG.with_(syn_retries=1))
+    lonely = client.connect(CLIENT, SERVER, 0.0)
+    Network({A: client}).run(lambda: lonely.state is State.CLOSED, timeout=10)
+    assert lonely.close_cause == "timeout"
