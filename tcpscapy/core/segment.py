@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from .options import NO_OPTIONS, Options
 
@@ -25,8 +25,9 @@ def parse_flags(text: str) -> int:
         raise ValueError(f"unknown TCP flag {exc.args[0]!r} in {text!r}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
+    """One TCP segment with its addresses. A NamedTuple: immutable and cheap to build."""
+
     src: str
     dst: str
     sport: int
@@ -47,8 +48,8 @@ class Segment:
     def has(self, flags: int) -> bool:
         return self.flags & flags == flags
 
-    def replace(self, **changes: object) -> Segment:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Segment:
+        return self._replace(**changes)
 
     def __str__(self) -> str:
         text = (f"{self.src}:{self.sport} > {self.dst}:{self.dport} [{flag_str(self.flags)}] "
