@@ -381,6 +381,7 @@ class Connection(SenderMixin):
             self._send_ack_now()
             return
         # first: sequence acceptability, then trim to the window.
+        original_seq = seg.seq
         seg = self._trim_to_window(seg)
         if seg is None:
             if not flags & RST:
@@ -393,7 +394,7 @@ class Connection(SenderMixin):
             self.ts_recent = ts[0]  # RFC 7323 §4.3
         # second: RST, RFC 5961 §3.2: only an exact match resets; in-window gets a challenge ACK.
         if flags & RST:
-            if seg.seq != self.rcv_nxt:
+            if original_seq != self.rcv_nxt:  # the sequence number as sent, not as trimmed
                 self._challenge_ack(now)
             elif self._state is State.SYN_RECEIVED and self.passive:
                 self._close("reset by the peer during the handshake", "reset")  # back to LISTEN

@@ -90,6 +90,9 @@ ROWS: list[tuple[str, str, Inbound, Expected, State]] = [
     ("established", "RST exact", RST_EXACT, NOTHING, State.CLOSED),
     ("established", "RST in window", RST_IN_WINDOW, ACK_BACK, State.ESTABLISHED),
     ("established", "RST out of window", RST_OUT_OF_WINDOW, NOTHING, State.ESTABLISHED),
+    # RFC 5961 judges the RST's own SEG.SEQ, not the seq after trimming old bytes off.
+    ("established", "RST with a byte before RCV.NXT",
+     lambda b: from_peer(RST | FIN, b.rcv - 1, 0, b"x"), ACK_BACK, State.ESTABLISHED),
     ("established", "data", DATA, lambda b: [("A", b.snd, b.rcv + 10)], State.ESTABLISHED),
     ("established", "old data", DATA_OLD, ACK_BACK, State.ESTABLISHED),
     ("established", "data without ACK", DATA_NO_ACK, NOTHING, State.ESTABLISHED),
