@@ -175,7 +175,7 @@ _UNICODE = _Glyphs("─", "╌", "▶", "◀", " → ", " ⇄ ", "…")
 _ASCII = _Glyphs("-", ".", ">", "<", " -> ", " <-> ", "..")
 
 
-def _endpoints(entries: list[TraceEntry]) -> tuple[str, str] | None:
+def endpoints(entries: list[TraceEntry]) -> tuple[str, str] | None:
     """("local addr:port", "peer addr:port") from the first segment."""
     for entry in entries:
         seg = entry.segment
@@ -185,7 +185,7 @@ def _endpoints(entries: list[TraceEntry]) -> tuple[str, str] | None:
     return None
 
 
-def _isns(entries: list[TraceEntry]) -> dict[str, int]:
+def isn_bases(entries: list[TraceEntry]) -> dict[str, int]:
     """Each direction's base: the seq of its first SYN, else of its first segment."""
     bases: dict[str, int] = {}
     syn_seen: set[str] = set()
@@ -308,7 +308,7 @@ def _arrow(label: str, direction: Direction, width: int, glyphs: _Glyphs, dashed
     return f"{glyphs.left}{fill} {label} {line * 2}"
 
 
-def _label(entry: TraceEntry, bases: dict[str, int]) -> str:
+def segment_label(entry: TraceEntry, bases: dict[str, int]) -> str:
     """The text an arrow carries (empty for state changes)."""
     seg, way = entry.segment, entry.direction
     if entry.state_change is not None:
@@ -383,7 +383,7 @@ class LadderWriter:
                 self._emit(out, start.ljust(self.prefix_width)
                            + f"peer: {change}".rjust(self.arrow_width), _MAGENTA, len(start))
             return out
-        label = _label(entry, self.bases if self.relative else {})
+        label = segment_label(entry, self.bases if self.relative else {})
         chunks = _wrap(label, self.arrow_width - 6)  # a long label goes on under its arrow
         arrow = _arrow(chunks[0], entry.direction, self.arrow_width, glyphs, dashed=seg is None)
         style = (_RED if seg is None or seg.flags & RST else
@@ -425,22 +425,22 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
     if not entries:
         return "(empty trace)"
     t0 = entries[0].time
-    bases = _isns(entries) if relative else {}
+    bases = isn_bases(entries) if relative else {}
     time_width = max(len(f"{(e.time - t0) * 1000:.3f} ms") for e in entries)
     local_changes = [e.state_change for e in entries if e.state_change and e.direction == "out"]
     peer_changes = [e.state_change for e in entries if e.state_change and e.direction == "in"]
     state_width = _STATE_WIDTH + 2 if local_changes else 0  # the column only when known
     prefix_width = time_width + 2 + state_width
-    endpoints = _endpoints(entries)
-    labels = [_label(entry, bases) for entry in entries]
-    natural = max([*map(len, labels), sum(map(len, endpoints or ())),
+    ends = endpoints(entries)
+    labels = [segment_label(entry, bases) for entry in entries]
+    natural = max([*map(len, labels), sum(map(len, ends or ())),
                    *(len(f"{old}{new}") + 14 for old, new in peer_changes), 24]) + 6
     writer = LadderWriter(
         arrow_width=natural if width is None else max(width - prefix_width, 16),
         time_width=time_width, state_column=bool(local_changes), relative=relative,
         bases=bases, t0=t0, state=local_changes[0][0] if local_changes else None, cut=width,
         color=color, ascii_only=ascii_only)
-    lines = writer.header(*endpoints) if endpoints is not None else []
+    lines = writer.header(*ends) if ends is not None else []
     for entry in entries:
         lines += writer.lines(entry)
     lines += writer.footer(entries)
