@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) examples/in_memory.py
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	$(PY) -m tcpscapy.bench

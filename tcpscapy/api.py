@@ -27,6 +27,7 @@ from tcpscapy import errors, netns
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
+from tcpscapy.core.segment import Segment
 from tcpscapy.core.state import State
 from tcpscapy.io.driver import (
     TRACE_LIMIT,
@@ -37,14 +38,16 @@ from tcpscapy.io.driver import (
     PortInUseError,
     default_driver,
 )
-from tcpscapy.trace import Trace
+from tcpscapy.trace import Direction, Side, Trace, TraceEntry
 
-__all__ = ["Connection", "Listener", "connect", "listen", "resolve"]
+__all__ = ["Connection", "Listener", "OnRecord", "connect", "listen", "resolve"]
 
 ANY = "0.0.0.0"
 KEEPALIVE_DEFAULT = 7200.0  # keepalive=True: Linux's net.ipv4.tcp_keepalive_time
+_DONE = (State.CLOSED, State.TIME_WAIT)  # nothing more to exchange
 
 Address = tuple[str, int]
+OnRecord = Callable[[TraceEntry], None]  # called with every new trace entry, as it happens
 
 # ------------------------------------------------------------------------ options
 
@@ -231,6 +234,64 @@ def _deadline(timeout: float | None, what: str) -> float | None:
     return time.monotonic() + timeout
 
 
+# ------------------------------------------------------------------ live traces
+
+
+class _HookedTrace(Trace):
+    """A Trace that also hands every new entry to a callback, for live output.
+
+    The driver records under its lock, on whichever thread runs the loop, so the
+    callback must be quick. If it raises, it is dropped (kept in `hook_error`):
+    an output problem must not stop the loop.
+    """
+
+    __slots__ = ("_hook", "hook_error")
+
+    def __init__(self, old: Trace, hook: OnRecord, maxlen: int | None) -> None:
+        super().__init__(old, maxlen=maxlen, time_offset=old.time_offset)
+        self._hook: OnRecord | None = hook
+        self.hook_error: BaseException | None = None
+        for entry in old:  # what happened before the swap, in order
+            self._call(entry)
+
+    def _call(self, entry: TraceEntry) -> None:
+        hook = self._hook
+        if hook is None:
+            return
+        try:
+            hook(entry)
+        except Exception as exc:
+            self._hook, self.hook_error = None, exc
+
+    def record_segment(self, now: float, direction: Direction, seg: Segment | None,
+                       note: str = "") -> None:
+        super().record_segment(now, direction, seg, note)
+        if self._hook is not None:
+            self._call(TraceEntry(now, direction, seg, None, note))
+
+    def record_state(self, now: float, old: State, new: State, side: Side = "local",
+                     note: str = "") -> None:
+        super().record_state(now, old, new, side, note)
+        if self._hook is not None:
+            self._call(self[-1])
+
+
+def _hook_trace(ep: Endpoint, hook: OnRecord | None, maxlen: int | None) -> None:
+    """Route the endpoint's trace through `hook` from now on (driver lock held).
+
+    Entries already recorded (the SYN, say) are replayed first, so the hook
+    sees the connection from its first segment.
+    """
+    if hook is not None:
+        ep.trace = _HookedTrace(ep.trace, hook, maxlen)
+
+
+def _with_trace(exc: errors.TcpscapyError, ep: Endpoint) -> errors.TcpscapyError:
+    """Let a failed connect's exception carry the connection's trace (`exc.trace`)."""
+    exc.trace = ep.trace  # type: ignore[attr-defined]
+    return exc
+
+
 # ------------------------------------------------------------------ connections
 
 
@@ -388,6 +449,19 @@ class Connection:
                 ep.conn.abort()
                 drv.app_call(ep)
 
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the engine is done with the connection (CLOSED or TIME-WAIT).
+
+        Call it after close() to see the FIN exchange finish; False on timeout.
+        """
+        deadline = _deadline(timeout, "wait_closed")
+        drv, ep = self._driver, self._ep
+        with drv.lock:
+            try:
+                return drv.wait(lambda: ep.closed or ep.conn.state in _DONE, deadline)
+            except DriverClosed:
+                return True  # the driver closed every connection on its way out
+
     def __enter__(self) -> Connection:
         return self
 
@@ -400,7 +474,8 @@ class Connection:
 
 
 def connect(host: str, port: int, *, timeout: float | None = None,
-            driver: Driver | None = None, **options: Any) -> Connection:
+            driver: Driver | None = None, on_record: OnRecord | None = None,
+            **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
@@ -408,6 +483,11 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
     keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
+
+    `on_record(entry)` is called with every trace entry as it is recorded, from
+    the first SYN on, on the thread running the driver loop (keep it quick).
+    If the connect fails after the SYN went out, the exception carries the
+    connection's trace as `exc.trace` (the SYN and the RST, say).
     """
     ip = resolve(host)
     port = _port(port, zero_ok=False)
@@ -433,6 +513,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
         raise _translate(exc, f"connect to {ip}:{port}") from None
     conn = Connection(drv, ep)
     with drv.lock:
+        _hook_trace(ep, on_record, trace_limit)
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:
@@ -444,8 +525,9 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             return conn
         if not done:
             _give_up(drv, ep)
-            raise errors.ConnectTimeout(f"connect to {ip}:{port} timed out after {timeout:g} s")
-        raise conn._failure(connecting=True)
+            raise _with_trace(errors.ConnectTimeout(
+                f"connect to {ip}:{port} timed out after {timeout:g} s"), ep)
+        raise _with_trace(conn._failure(connecting=True), ep)
 
 
 def _give_up(drv: Driver, ep: Endpoint) -> None:
@@ -483,14 +565,20 @@ class Listener:
         """The core Listener (counters such as syns_received)."""
         return self._ls.listener
 
-    def accept(self, timeout: float | None = None) -> Connection:
-        """The next established connection, blocking until one arrives."""
+    def accept(self, timeout: float | None = None, *,
+               on_record: OnRecord | None = None) -> Connection:
+        """The next established connection, blocking until one arrives.
+
+        `on_record(entry)` gets the connection's trace entries so far (from its
+        SYN), then every new one as it is recorded; see connect().
+        """
         deadline = _deadline(timeout, "accept")
         drv, ls = self._driver, self._ls
         with drv.lock:
             while True:
                 ep = drv.accept(ls)
                 if ep is not None:
+                    _hook_trace(ep, on_record, ls.trace_limit)
                     return Connection(drv, ep)
                 if ls.closed:
                     raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")

@@ -14,8 +14,12 @@ def main() -> None:
 
 
 # Subcommands register here, one line each.
+from tcpscapy.cli.connect import connect  # noqa: E402
 from tcpscapy.cli.guard import guard  # noqa: E402
 from tcpscapy.cli.lab import lab  # noqa: E402
+from tcpscapy.cli.listen import listen  # noqa: E402
 
 main.add_command(guard)
 main.add_command(lab)
+main.add_command(connect)
+main.add_command(listen)

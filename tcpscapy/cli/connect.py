@@ -1,0 +1,211 @@
+"""`tcpscapy connect HOST:PORT`: netcat on tcpscapy's engine, with the segment ladder.
+
+Threads: a worker opens the connection and copies the peer's bytes to stdout,
+a second one copies stdin (or --send) to the peer and half-closes at EOF; the
+driver loop runs on whichever of them is waiting. The main thread only waits,
+so SIGINT/SIGTERM are handled there and never interrupt the engine mid-segment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+import tcpscapy
+from tcpscapy import errors
+from tcpscapy.api import Connection
+from tcpscapy.cli._common import (
+    EXIT_CODES_HELP,
+    Command,
+    LivePrinter,
+    Output,
+    Style,
+    check_writable,
+    engine_option_flags,
+    engine_options,
+    parse_address,
+    require_net_admin,
+    signal_name,
+    unescape,
+    wait_or_signal,
+)
+
+CLOSE_TIMEOUT = 10.0  # seconds to wait for the FIN exchange to finish after both sides closed
+STDIN_CHUNK = 65536
+
+_EPILOG = f"""\b
+Examples:
+  tcpscapy connect 10.77.0.2:80 --send 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'
+  head -c 1M /dev/urandom | tcpscapy connect 10.77.0.2:7 -q > echoed
+  tcpscapy connect example.test:80 --no-sack --wscale off --mss 536 --json
+
+\b
+The ladder (stderr): time since the first entry, our state, an arrow per
+segment (flags in Scapy letters, seq/ack relative to each side's ISN unless
+--absolute, window, len, options) and our state changes; the handshake RTT
+at the end. --json writes one object per segment and state change instead.
+
+\b
+SIGINT (Ctrl-C) or SIGTERM resets the connection (RST), so the peer forgets it
+at once, and exits with 130 or 143.
+
+{EXIT_CODES_HELP}"""
+
+
+class Client:
+    """One connection's session; run() on a worker thread, the outcome in `code`/`error`."""
+
+    def __init__(self, host: str, port: int, options: dict[str, Any], data: bytes | None,
+                 printer: LivePrinter, timeout: float | None) -> None:
+        self.host, self.port = host, port
+        self.options = options
+        self.data = data
+        self.printer = printer
+        self.timeout = timeout
+        self.conn: Connection | None = None
+        self.done = threading.Event()
+        self.code = 0
+        self.error: BaseException | None = None
+        self.sent = self.received = 0
+        self.stopping = False  # the main thread took over: workers report nothing more
+        self._fin_sent = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            self.conn = conn = tcpscapy.connect(self.host, self.port, timeout=self.timeout,
+                                                on_record=self.printer.record, **self.options)
+            threading.Thread(target=self._send_side, name="tcpscapy-stdin", daemon=True).start()
+            out = sys.stdout.buffer
+            while chunk := conn.recv():
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except OSError as exc:  # stdout closed (e.g. `| head`): stop here
+                    conn.abort()
+                    raise errors.TcpscapyError(f"cannot write to stdout: {exc.strerror}; "
+                                               "connection reset") from None
+                self.received += len(chunk)
+            self._fin_sent.wait()  # netcat: done when both directions are closed
+            if not self.done.is_set():
+                conn.wait_closed(CLOSE_TIMEOUT)
+            self._finish(None)
+        except Exception as exc:
+            self._finish(exc)
+
+    def _send_side(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            if self.data is not None:
+                conn.sendall(self.data)
+                self.sent += len(self.data)
+            else:
+                while chunk := _read_stdin():
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            conn.shutdown()  # FIN: we have nothing more to say
+            self._fin_sent.set()
+        except Exception as exc:
+            self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        with self._lock:
+            if self.done.is_set() or self.stopping:
+                return
+            self.error = exc
+            self.code = 0 if exc is None else errors.exit_code(exc)
+            self.done.set()
+
+    def stop(self, signum: int) -> None:
+        """SIGINT/SIGTERM: reset the connection (if open) and take over the outcome."""
+        with self._lock:
+            self.stopping = True
+            self.code = 128 + signum
+            self.error = None
+        if self.conn is not None:
+            self.conn.abort()
+
+
+def _read_stdin() -> bytes:
+    try:
+        return os.read(sys.stdin.fileno(), STDIN_CHUNK)
+    except (OSError, ValueError):  # no stdin at all: as if empty
+        return b""
+
+
+@click.command("connect", cls=Command, epilog=_EPILOG)
+@click.argument("target", metavar="HOST:PORT")
+@click.option("--send", "send_text", metavar="TEXT",
+              help=r"Send TEXT (escapes \r \n \t \\ \0 \xHH) instead of stdin, then FIN.")
+@engine_option_flags(retries_help="SYN retransmissions before giving up (default 7).")
+@click.option("--sport", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Local port (default: a free one).")
+@click.option("--iface", metavar="NAME", help="Send through this interface.")
+@click.option("--timeout", type=click.FloatRange(0, None, min_open=True), metavar="SECONDS",
+              help="Give up connecting after SECONDS (default: when the retries are spent).")
+@click.option("--pcap", "pcap_path", metavar="FILE", help="Write every segment to a pcap file.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per segment and state change on stderr, no ladder.")
+@click.option("-q", "--quiet", is_flag=True, help="No ladder; errors only.")
+@click.option("--absolute", is_flag=True, help="Absolute seq/ack in the ladder.")
+def connect(target: str, send_text: str | None, mss: int | None, wscale: str | None,
+            no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
+            rto: float | None, sport: int | None, iface: str | None, timeout: float | None,
+            pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool) -> None:
+    """Connect to HOST:PORT (a name or IPv4 address) on tcpscapy's own TCP engine.
+
+    Like netcat: stdin goes to the peer, the peer's bytes go to stdout; EOF on
+    stdin sends FIN (half-close) and the command ends when both directions are
+    closed. The segment ladder goes to stderr as it happens. Needs root.
+    """
+    style: Style = "json" if as_json else "quiet" if quiet else "ladder"
+    out = Output("connect", style=style, relative=not absolute)
+    try:
+        if as_json and quiet:
+            raise errors.UsageError("--json and -q exclude each other")
+        host, port = parse_address(target, host_optional=False)
+        assert host is not None
+        data = unescape(send_text) if send_text is not None else None
+        options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
+                                 no_timestamps=no_timestamps, window=window, retries=retries,
+                                 rto=rto)
+        options.update({k: v for k, v in (("sport", sport), ("iface", iface)) if v})
+        if pcap_path:
+            check_writable(pcap_path)
+        require_net_admin()
+    except errors.TcpscapyError as exc:
+        out.error(str(exc), exc.exit_code)
+        sys.exit(exc.exit_code)
+
+    printer = LivePrinter(out, keep_all=bool(pcap_path),
+                          time_offset=time.time() - time.monotonic())
+    client = Client(host, port, options, data, printer, timeout)
+    threading.Thread(target=client.run, name="tcpscapy-connect", daemon=True).start()
+    signum = wait_or_signal(client.done)
+    if signum is not None:
+        client.stop(signum)
+    rtt = printer.finish()
+    if pcap_path and printer.all is not None:
+        printer.all.write_pcap(pcap_path)
+    conn = client.conn
+    if style == "json":
+        out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
+                 state=str(conn.state) if conn else None,
+                 reason=conn.close_reason if conn else None, exit=client.code)
+    if signum is not None:
+        reset = " (connection reset)" if conn is not None else ""
+        out.error(f"stopped by {signal_name(signum)}{reset}", client.code)
+    elif client.error is not None:
+        out.error(_message(client.error), client.code)
+    sys.exit(client.code)
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
