@@ -229,6 +229,7 @@ class Driver:
         self._senders: dict[tuple[str, str, str | None], LinkLike] = {}
         self._readers: dict[tuple[str, str], LinkLike] = {}
         self._reader_list: list[LinkLike] = []
+        self._repliers: list[tuple[str, Callable[[str, bytes], bool]]] = []  # Receiver.reply
         self._all_links: list[LinkLike] = []
         # Ports and connections.
         self._ports: dict[Address, PortUse] = {}
@@ -576,15 +577,28 @@ class Driver:
             self._reap()
 
     def _transmit(self, seg: Segment) -> str:
-        """Send one segment; '' or why it was not sent (never raises)."""
+        """Send one segment; '' or why it was not sent (never raises).
+
+        A peer we have no link to is first answered the way its frames came in
+        (Receiver.reply): opening a link costs an ARP exchange under the lock,
+        two seconds when nobody answers, as for a SYN flood's spoofed sources.
+        """
         try:
-            link = self._links.get((seg.src, seg.dst)) or self._open_out_link(seg.src, seg.dst)
-            link.send(codec.encode(seg))
+            packet = codec.encode(seg)
+            link = self._links.get((seg.src, seg.dst))
+            if link is None and not self._reply(seg.src, seg.dst, packet):
+                link = self._open_out_link(seg.src, seg.dst)
+            if link is not None:
+                link.send(packet)
         except (LinkError, OSError, ValueError) as exc:
             self.stats.send_errors += 1
             return f"not sent: {one_line(exc)}"
         self.stats.sent += 1
         return ""
+
+    def _reply(self, src: str, dst: str, packet: bytes) -> bool:
+        """Send through a reader of `src` that has heard from `dst`; False if none has."""
+        return any(ip == src and reply(dst, packet) for ip, reply in self._repliers)
 
     def _open_out_link(self, src: str, dst: str) -> LinkLike:
         """A link to a peer we only know from its segments (lock held; slow the first time).
@@ -776,6 +790,8 @@ class Driver:
         self._all_links.append(link)
         self._readers[reader] = link
         self._reader_list.append(link)
+        if isinstance(link, plumbing.Receiver):
+            self._repliers.append((link.src_ip, link.reply))
         self._selector.register(link.fileno(), selectors.EVENT_READ, link)
         return True
 
@@ -885,6 +901,7 @@ class Driver:
                 link.close()
         self._all_links.clear()
         self._reader_list.clear()
+        self._repliers.clear()
         self._selector.close()
         if self._wake_fd >= 0:
             os.close(self._wake_fd)

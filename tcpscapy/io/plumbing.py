@@ -15,10 +15,11 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from tcpscapy import netns
-from tcpscapy.io.rawsock import DEFAULT_MARK, LinkError, Received
+from tcpscapy.io import rawsock
+from tcpscapy.io.rawsock import DEFAULT_MARK, PACKET_OUTGOING, LinkError, Received
 
 ANY = "0.0.0.0"
 THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -27,6 +28,7 @@ _SO_ATTACH_FILTER = 26
 _DROP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0)  # classic BPF: ret 0
 _SIOCGIFMTU = 0x8921
 _IFREQ = struct.Struct("16si12x")  # struct ifreq: name, then ifr_mtu in the union
+_ETH_P_IP = struct.pack("!H", rawsock.ETH_P_IP)
 
 
 # -- what the driver needs from the outside world (fakes stand in for tests) ---------
@@ -78,10 +80,9 @@ def open_receivers(ip: str) -> list[LinkLike]:
     """Receive-only links for segments to local address `ip` (0.0.0.0: every address).
 
     Each address is read on its own interface and on `lo`, which carries what
-    this host sends to itself.
+    this host sends to itself. The interface's reader is a Receiver: it can
+    also answer a peer on the path its frames came in on.
     """
-    from tcpscapy.io import rawsock
-
     links: list[LinkLike] = []
     try:
         for iface, addr in local_addresses():
@@ -90,9 +91,12 @@ def open_receivers(ip: str) -> list[LinkLike]:
             for dev in dict.fromkeys((iface, "lo")):
                 # rawsock has no receive-only opener yet; its socket helper is the one we need.
                 sock = rawsock._packet_socket(dev, addr)
-                links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr, dst_ip=addr,
-                                          src_mac=None, dst_mac=None, next_hop=None,
-                                          mark=DEFAULT_MARK))
+                if dev == "lo":
+                    links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr,
+                                              dst_ip=addr, src_mac=None, dst_mac=None,
+                                              next_hop=None, mark=DEFAULT_MARK))
+                else:
+                    links.append(Receiver(sock, dev, addr))
     except PermissionError:
         for link in links:
             link.close()
@@ -102,6 +106,73 @@ def open_receivers(ip: str) -> list[LinkLike]:
             link.close()
         raise
     return links
+
+
+NEIGHBOURS = 2048  # senders a Receiver remembers (a turn of the loop reads at most 1024)
+
+
+class _FrameSources:
+    """A receiving AF_PACKET socket that notes each frame's source MAC by its source IP.
+
+    rawsock.Link reads with `recvmsg_into` and drops the link-layer address; this
+    wrapper sits in its place and keeps it. The table is bounded (oldest out first),
+    so a flood from many spoofed sources costs no growing memory.
+    """
+
+    __slots__ = ("macs", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.macs: dict[bytes, bytes] = {}  # packed IPv4 source -> MAC of its last frame
+
+    def recvmsg_into(self, buffers: list[memoryview], ancbufsize: int
+                     ) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
+        result = self.sock.recvmsg_into(buffers, ancbufsize)
+        n, addr = result[0], result[3]
+        if n >= 34 and addr[2] != PACKET_OUTGOING:  # Ethernet + IPv4 header: source at 26
+            macs, src = self.macs, bytes(buffers[0][26:30])
+            macs.pop(src, None)
+            macs[src] = addr[4]
+            if len(macs) > NEIGHBOURS:
+                del macs[next(iter(macs))]
+        return result
+
+    def sendmsg(self, buffers: list[bytes]) -> int:
+        return self.sock.sendmsg(buffers)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Receiver(rawsock.Link):
+    """A listening address's reader on an Ethernet interface; `reply` answers senders.
+
+    The driver replies through it to a peer it has no link for yet: to the MAC
+    the peer's last frame came from, on the same interface. That needs no ARP,
+    so answering many new peers -- a SYN flood's spoofed sources, whose ARP
+    would never be answered -- never blocks the loop, and a genuine client's
+    SYN-ACK leaves at once. The kernel would ARP instead and drop the answer to
+    a spoofed source; here it goes back to whoever sent the frame (on a shared
+    link, the spoofer, who could as well have answered the ARP itself).
+    """
+
+    def __init__(self, sock: socket.socket, iface: str, addr: str) -> None:
+        self._sources = _FrameSources(sock)
+        super().__init__(rx=self._sources, tx=self._sources,  # type: ignore[arg-type]
+                         iface=iface, src_ip=addr, dst_ip=addr, src_mac=None, dst_mac=None,
+                         next_hop=None, mark=DEFAULT_MARK)
+        self._own_mac = bytes(sock.getsockname()[4])[:6]
+
+    def reply(self, dst_ip: str, packet: bytes) -> bool:
+        """Send `packet` to the MAC `dst_ip`'s frames came from; False if none came."""
+        mac = self._sources.macs.get(socket.inet_aton(dst_ip))
+        if mac is None:
+            return False
+        self._sources.sendmsg([mac + self._own_mac + _ETH_P_IP, packet])
+        return True
 
 
 def local_addresses() -> list[tuple[str, str]]:
