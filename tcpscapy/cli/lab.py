@@ -9,7 +9,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from tcpscapy.io import flood as floodlib
+from tcpscapy.io.flood import DEFAULT_COUNT, MAX_COUNT, MAX_DURATION
 from tcpscapy.lab import BRIDGE, HOSTS, Lab, LabError, LabNeedsRoot, LabUsageError
+from tcpscapy.netns import NeedsRoot
 
 EXIT_LAB_ERROR = 1
 EXIT_USAGE = 2
@@ -124,6 +127,49 @@ def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
     the_lab = _make_lab(prefix)
     result = _guard(lambda: the_lab.run(host, argv, check=False))
     sys.exit(result.returncode)
+
+
+@lab.command(epilog=_EXIT_CODES)
+@prefix_option
+@click.option("--target", type=click.Choice([h for h in HOSTS if h != "attacker"]),
+              default="server", show_default=True, help="Lab host to flood.")
+@click.option("--port", type=click.IntRange(1, 65535), default=80, show_default=True)
+@click.option("--count", type=click.IntRange(1, MAX_COUNT), default=DEFAULT_COUNT,
+              show_default=True, help="SYNs to send.")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=None,
+              help="Cap in SYNs per second (default: as fast as the link takes them).")
+@click.option("--duration", type=click.FloatRange(0, MAX_DURATION, min_open=True),
+              default=None, help=f"Stop after this many seconds (at most {MAX_DURATION:g}).")
+@click.option("--seed", type=int, default=None, help="Repeatable sources, ports and ISNs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def flood(prefix: str, target: str, port: int, count: int, rate: float | None,
+          duration: float | None, seed: int | None, as_json: bool) -> None:
+    """SYN flood from the attacker host: spoofed lab-subnet sources, bounded.
+
+    Runs only inside the attacker namespace of a lab that is up, aims only at a
+    lab host, and sends at most --count SYNs for at most --duration seconds.
+    Spoofed sources are unused addresses of the lab subnet; the lab has no
+    route out, so nothing leaves its namespaces.
+
+    \b
+    Example: tcpscapy lab flood --count 20000 --rate 10000
+    """
+    the_lab = _make_lab(prefix)
+    state = _guard(the_lab.status)["state"]
+    if state != "up":
+        _fail(f"lab {prefix!r} is {state}: run `tcpscapy lab up --prefix {prefix}` first",
+              EXIT_LAB_ERROR)
+    try:
+        with the_lab.enter("attacker"):
+            result = floodlib.flood(the_lab.addr(target), port, count, rate=rate,
+                               duration=duration, seed=seed)
+    except (floodlib.FloodRefused, ValueError) as e:
+        _fail(str(e), EXIT_LAB_ERROR)
+    except NeedsRoot as e:
+        _fail(str(e), EXIT_NEEDS_ROOT)
+    except LabError as e:
+        _fail(str(e), EXIT_LAB_ERROR)
+    click.echo(json.dumps(result.as_dict()) if as_json else f"lab {prefix}: {result.summary()}")
 
 
 def _print_status(info: dict[str, Any]) -> None:
