@@ -9,6 +9,7 @@ removes the lab whatever happens. Needs root (namespaces, raw sockets).
 
 from __future__ import annotations
 
+import argparse
 import secrets
 import subprocess
 import sys
@@ -34,11 +35,18 @@ def listening(lab: Lab, host: str, port: int) -> bool:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="An HTTP GET over tcpscapy, in a lab.")
+    parser.add_argument("--prefix", default="demo",
+                        help="lab name prefix; a random suffix is added (default: demo)")
+    args = parser.parse_args()
     if not netns.is_privileged():
         print("make demo needs root (network namespaces and raw sockets): run it as root",
               file=sys.stderr)
         return EXIT_NEEDS_ROOT
-    lab = Lab(f"demo{secrets.token_hex(3)}")
+    try:
+        lab = Lab(f"{args.prefix}{secrets.token_hex(3)}")
+    except LabError as exc:
+        parser.error(str(exc))
     server = lab.addr("server")
     request = f"GET / HTTP/1.1\\r\\nHost: {server}\\r\\nConnection: close\\r\\n\\r\\n"
     try:

@@ -44,8 +44,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class _OneLineUsageError(click.UsageError):
     def show(self, file: Any = None) -> None:
-        name = self.ctx.command_path if self.ctx is not None else "tcpscapy"
-        click.echo(f"{name}: {self.format_message()} (see --help)", err=True)
+        name = self.ctx.command.name if self.ctx is not None else None
+        click.echo(f"tcpscapy {name or ''}".strip() + f": {self.format_message()} (see --help)",
+                   err=True)
 
 
 class Command(click.Command):
@@ -324,6 +325,30 @@ class LivePrinter:
         return handshake_rtt(self.head)
 
 
+class Recorder:
+    """An `on_record` hook that keeps a connection's entries (thread-safe).
+
+    Entries replayed by accept() keep the driver's times; once `live` is set,
+    each is stamped when recorded (the driver stamps a whole loop turn with
+    one time, which flattens a burst of segments).
+    """
+
+    def __init__(self, *, maxlen: int | None) -> None:
+        self.live = False
+        self._trace = Trace(maxlen=maxlen, time_offset=time.time() - time.monotonic())
+        self._lock = threading.Lock()
+
+    def record(self, entry: TraceEntry) -> None:
+        if self.live:
+            entry = replace(entry, time=time.monotonic())
+        with self._lock:
+            self._trace.append(entry)
+
+    def snapshot(self) -> Trace:
+        with self._lock:
+            return Trace(self._trace, time_offset=self._trace.time_offset)
+
+
 def check_writable(path: str) -> None:
     """Create/truncate `path` now, so a bad --pcap fails before any traffic."""
     try:
@@ -342,6 +367,25 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with SIGINT/SIGTERM blocked, as will be every thread it starts.
+
+    The kernel then delivers those signals to the main thread, whose wait they
+    interrupt at once (a signal landing on another thread would only be seen
+    when the main thread next wakes up).
+    """
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        thread.start()  # a new thread inherits the signal mask of its creator
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return thread
+
+
 def wait_or_signal(done: threading.Event) -> int | None:
     """Wait on the main thread until `done` is set, or SIGINT/SIGTERM arrives.
 
@@ -356,7 +400,7 @@ def wait_or_signal(done: threading.Event) -> int | None:
             caught.append(signum)
             raise _Interrupted(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _STOP_SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, handler)
     try:

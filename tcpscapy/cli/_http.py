@@ -98,12 +98,12 @@ def _read_head(conn: Stream, buf: bytearray, idle: float) -> bytes | None:
     while True:
         while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request
             del buf[:2]
-        end = buf.find(b"\r\n\r\n")
+        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end >= 0:
             head = bytes(buf[:end])
             del buf[: end + 4]
             return head
-        if len(buf) > MAX_HEAD:
+        if len(buf) >= MAX_HEAD + 4:
             raise _Reject(431)
         try:
             chunk = conn.recv(65536, timeout=idle)

@@ -31,6 +31,7 @@ from tcpscapy.cli._common import (
     parse_address,
     require_net_admin,
     signal_name,
+    start_worker,
     unescape,
     wait_or_signal,
 )
@@ -186,7 +187,7 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
     printer = LivePrinter(out, keep_all=bool(pcap_path),
                           time_offset=time.time() - time.monotonic())
     client = Client(host, port, options, data, printer, timeout)
-    threading.Thread(target=client.run, name="tcpscapy-connect", daemon=True).start()
+    start_worker(client.run, "tcpscapy-connect")
     signum = wait_or_signal(client.done)
     if signum is not None:
         client.stop(signum)

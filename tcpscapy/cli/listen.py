@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tcpscapy.cli._common import (
     EXIT_CODES_HELP,
     Command,
     Output,
+    Recorder,
     check_writable,
     engine_option_flags,
     engine_options,
@@ -32,13 +33,14 @@ from tcpscapy.cli._common import (
     parse_address,
     require_net_admin,
     signal_name,
+    start_worker,
     wait_or_signal,
 )
 from tcpscapy.core.state import State
+from tcpscapy.io.driver import TRACE_LIMIT
 from tcpscapy.trace import ladder
 
 CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to finish its FIN exchange
-STOP_GRACE = 2.0  # seconds connection threads get to report after a signal
 CHUNK = 65536
 IDLE_TIMEOUT = 300.0  # echo/discard: a silent client is dropped after this long
 
@@ -108,6 +110,17 @@ class Totals:
     bytes_out: int = 0
 
 
+@dataclass(eq=False)
+class Session:
+    """One accepted connection: what its summary line needs."""
+
+    conn: Connection
+    io: Counted
+    recorder: Recorder
+    started: float = field(default_factory=time.monotonic)
+    reported: bool = False
+
+
 class Server:
     """Accepts and serves; run() on a worker thread, stop() from the main thread."""
 
@@ -124,7 +137,7 @@ class Server:
         self.error: BaseException | None = None
         self.totals = Totals()
         self.stopping = False
-        self._active: dict[Connection, threading.Thread] = {}
+        self._active: set[Session] = set()
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -132,51 +145,53 @@ class Server:
             while not self.stopping:
                 if self.slots is not None:
                     self.slots.acquire()
+                recorder = Recorder(maxlen=None if self.pcap is not None else TRACE_LIMIT)
                 try:
-                    conn = self.listener.accept()
+                    conn = self.listener.accept(on_record=recorder.record)
                 except errors.ConnectionClosed:
                     break  # the listener was closed
+                recorder.live = True
+                session = Session(conn, Counted(conn), recorder)
+                with self._lock:
+                    self._active.add(session)
                 if self.once:
                     self.listener.close()
-                    self._serve(conn)
+                    self._serve(session)
                     break
-                thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                                          name="tcpscapy-serve")
-                with self._lock:
-                    self._active[conn] = thread
-                thread.start()
+                threading.Thread(target=self._serve, args=(session,), daemon=True,
+                                 name="tcpscapy-serve").start()
         except Exception as exc:
             if not self.stopping:
                 self.error = exc
         self.done.set()
 
-    def _serve(self, conn: Connection) -> None:
-        started = time.monotonic()
-        io = Counted(conn)
-        with self._lock:
-            self._active.setdefault(conn, threading.current_thread())
+    def _serve(self, session: Session) -> None:
+        conn = session.conn
         failure: BaseException | None = None
         try:
-            self.service(io)
+            self.service(session.io)
             conn.close()
             conn.wait_closed(CLOSE_TIMEOUT)
-        except errors.TimedOut as exc:
-            failure = exc
-            conn.abort()  # a client silent for IDLE_TIMEOUT, or unreachable: drop it
-        except Exception as exc:
+        except Exception as exc:  # reset, a client silent for IDLE_TIMEOUT, ...
             failure = exc
             conn.abort()
         finally:
             if self.slots is not None:
                 self.slots.release()
-        self._report(conn, io, time.monotonic() - started, failure)
-        with self._lock:
-            self._active.pop(conn, None)
+        self._report(session, failure)
 
-    def _report(self, conn: Connection, io: Counted, duration: float,
-                failure: BaseException | None) -> None:
+    def _report(self, session: Session, failure: BaseException | None, *,
+                stopped: bool = False) -> None:
+        """The connection's summary line (and ladder, and pcap packets), once."""
+        with self._lock:
+            if session.reported:
+                return
+            session.reported = True
+            self._active.discard(session)
+        conn, io = session.conn, session.io
+        duration = time.monotonic() - session.started
         peer = "{}:{}".format(*conn.remote)
-        if self.stopping and (failure is not None or conn.state is State.CLOSED):
+        if stopped or (self.stopping and failure is not None):
             ended = "reset by us: stopped"
         elif failure is not None:
             ended = _first_line(failure)
@@ -186,40 +201,37 @@ class Server:
             ended = conn.close_reason or "closed"
         else:
             ended = f"{conn.state}: the FIN exchange did not finish in {CLOSE_TIMEOUT:g} s"
+        trace = session.recorder.snapshot()
         with self.out.lock:
             self.totals.connections += 1
             self.totals.bytes_in += io.bytes_in
             self.totals.bytes_out += io.bytes_out
             if self.out.style == "json":
                 if self.verbose:
-                    offset = conn.trace.time_offset
-                    self.out.lines(entry_json(e, offset, conn=peer) for e in conn.trace)
+                    self.out.lines(entry_json(e, trace.time_offset, conn=peer) for e in trace)
                 self.out.json(type="connection", peer=peer, bytes_in=io.bytes_in,
                               bytes_out=io.bytes_out, duration=round(duration, 6),
                               state=str(conn.state), ended=ended)
             else:
                 if self.verbose:
-                    self.out.line(ladder(conn.trace, relative=self.out.relative,
-                                         width=self.out.width, color=self.out.color,
-                                         ascii_only=self.out.ascii_only))
+                    self.out.line(ladder(trace, relative=self.out.relative, width=self.out.width,
+                                         color=self.out.color, ascii_only=self.out.ascii_only))
                 self.out.line(f"{peer}  in {io.bytes_in} B  out {io.bytes_out} B  "
                               f"{duration:.3f} s  {ended}")
             if self.pcap is not None:
-                self.pcap.write(list(conn.trace.to_scapy()))
+                self.pcap.write(list(trace.to_scapy()))
                 self.pcap.flush()
 
     def stop(self) -> None:
-        """Close the listener, reset open connections, give their threads time to report."""
+        """Close the listener, reset the open connections and report them."""
         self.stopping = True
         self.listener.close()
         with self._lock:
-            active = dict(self._active)
-        for conn in active:
-            conn.abort()
-        deadline = time.monotonic() + STOP_GRACE
-        for thread in active.values():
-            if thread is not threading.current_thread():
-                thread.join(max(deadline - time.monotonic(), 0))
+            sessions = list(self._active)
+        for session in sessions:
+            session.conn.abort()
+        for session in sessions:
+            self._report(session, None, stopped=True)
 
     def summary(self) -> None:
         counters = self.listener.engine.counters
@@ -307,7 +319,6 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
         options.update(syncookies=syncookies, tfo=tfo)
         if pcap_path:
             check_writable(pcap_path)
-            options["trace_limit"] = None  # the pcap gets every segment
         require_net_admin()
         listener = tcpscapy.listen(port, host, backlog=backlog, **options)
     except errors.TcpscapyError as exc:
@@ -320,7 +331,7 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
     ip, bound = listener.local
     out.note(f"listening on {ip}:{bound} ({mode})", type="listening", listen=f"{ip}:{bound}",
              port=bound, mode=mode)
-    threading.Thread(target=server.run, name="tcpscapy-accept", daemon=True).start()
+    start_worker(server.run, "tcpscapy-accept")
     signum = wait_or_signal(server.done)
     if signum is not None:
         server.stop()
