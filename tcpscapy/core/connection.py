@@ -22,15 +22,17 @@ from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
 from .reassembly import Reassembly
 from .rtt import RttEstimator
-from .segment import ACK, FIN, RST, SYN, Segment
+from .segment import ACK, FIN, RST, SYN, URG, Segment
 from .sendbuf import SendBuffer
-from .sending import SenderMixin
+from .sending import Recovery, SenderMixin
 from .seq import MASK, between, in_window, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from .state import State
 
 if TYPE_CHECKING:
     from .stack import Listener
 
+_UNPREDICTED = SYN | FIN | RST | URG | ACK  # of these, only ACK may be set on the fast path
+_PREDICTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT})
 DEFAULT_MSS = 536  # RFC 9293 MUST-15: assumed when the peer sends no MSS option
 MAX_WSCALE = 14  # RFC 7323 §2.3
 SYNCHRONIZED_SENDING = frozenset(
@@ -324,11 +326,56 @@ class Connection(SenderMixin):
         if state is State.SYN_SENT:
             self._receive_in_syn_sent(seg, now)
             return
+        if state in _PREDICTABLE and self._predicted(seg, now):
+            return
         if state is State.SYN_RECEIVED and seg.flags & (SYN | ACK | RST) == SYN \
                 and seg.seq == self.irs:
             self._send_syn(now, retransmission=True)  # the peer did not hear our SYN-ACK
             return
         self._receive_synchronized(seg, now)
+
+    def _predicted(self, seg: Segment, now: float) -> bool:
+        """Header prediction (Van Jacobson): the common in-order segment of a bulk transfer.
+
+        A connection in the middle of a transfer mostly sees the next data segment
+        or an ACK for new data, with nothing unusual about it. Those are handled here with the
+        same effect as the full path below; anything else returns False and takes
+        the full path: control flags, out-of-order or out-of-window data, SACK
+        blocks, loss recovery, duplicate or old ACKs, PAWS, a pending hole.
+        """
+        if seg.flags & _UNPREDICTED != ACK or seg.seq != self.rcv_nxt or self._reassembly \
+                or self.recovery is not Recovery.NONE or self._fin_rcvd_seq is not None:
+            return False
+        opts = seg.options
+        if opts.sack_blocks:
+            return False
+        if self.ts_ok:
+            ts = opts.timestamps
+            if ts is None or ts[0] - self.ts_recent & MASK >= 1 << 31:  # PAWS: older
+                return False
+        ack, payload = seg.ack, seg.payload
+        advance = (ack - self.snd_una) & MASK
+        if advance > (self.snd_nxt - self.snd_una) & MASK:
+            return False  # acks something we never sent
+        if self._fin_seq is not None and seq_gt(ack, self._fin_seq):
+            return False  # acks our FIN: a state change
+        if payload:
+            if len(payload) > (self.rcv_adv - self.rcv_nxt) & MASK or not self._state.can_receive:
+                return False  # beyond the window we offered, or after the peer's FIN
+        elif not advance:
+            return False  # a duplicate ACK or a window update: the full path counts it
+        if self.ts_ok and seq_le(seg.seq, self._last_ack_sent):
+            self.ts_recent = opts.timestamps[0]  # type: ignore[index]  # RFC 7323 §4.3
+        if advance:
+            self._ack_advance(seg, now)
+        if seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq
+                                              and seq_le(self.snd_wl2, ack)):
+            self._take_window(seg, scaled=True)
+        if payload:
+            self.rcv_nxt = (self.rcv_nxt + len(payload)) & MASK
+            self._deliver(payload)
+            self._schedule_ack(len(payload), now)
+        return True
 
     def _receive_in_syn_sent(self, seg: Segment, now: float) -> None:
         flags = seg.flags

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tcpscapy.bulk import A, B, pattern, run_transfer
 from tcpscapy.core import ACK, SYN, Config, DataReceived, SendSpace, State
+from tcpscapy.core.connection import Connection
 from tcpscapy.core.options import encode_options
 from tcpscapy.core.rtt import RttEstimator
 from tcpscapy.core.segment import Segment
@@ -265,3 +266,25 @@ def test_segments_with_timestamps_fit_the_mss() -> None:
         option_bytes = len(encode_options(seg.options)) if seg.payload else 0
         assert len(seg.payload) + option_bytes <= 1460 + (12 if seg.flags & SYN else 0)
     assert max(len(s.payload) for s in result.net.sent()) == 1448
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_header_prediction_changes_nothing_on_the_wire(seed: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path must have exactly the effect of the full path: same segments, same times."""
+    impairment = dict(loss=0.05, reorder=0.1, duplicate=0.05, seed=seed)
+    taken = {"n": 0}
+    original = Connection._predicted
+
+    def counted(self: Connection, seg: Segment, now: float) -> bool:
+        done = original(self, seg, now)
+        taken["n"] += done
+        return done
+
+    monkeypatch.setattr(Connection, "_predicted", counted)
+    fast = run_transfer(300_000, 200_000, impairment=Impairment(**impairment))  # type: ignore[arg-type]
+    monkeypatch.setattr(Connection, "_predicted", lambda self, seg, now: False)
+    slow = run_transfer(300_000, 200_000, impairment=Impairment(**impairment))  # type: ignore[arg-type]
+    assert taken["n"] > 50  # the fast path really carried part of the transfer
+    assert [(d.time, d.segment, d.fate) for d in fast.net.log] == \
+        [(d.time, d.segment, d.fate) for d in slow.net.log]
