@@ -288,8 +288,9 @@ class LivePrinter:
         self._lock = threading.Lock()
 
     def record(self, entry: TraceEntry) -> None:
-        # The driver stamps a whole loop turn with one `now`, so a SYN and the SYN-ACK
-        # read in the same turn would share a time; the moment of recording is honest.
+        # Stamped on arrival here: the driver stamps a whole loop turn with one `now`, so
+        # a SYN and a SYN-ACK handled in one turn would share a time (and the RTT be 0).
+        # connect() replays the SYN right after sending it, which costs microseconds.
         entry = replace(entry, time=time.monotonic())
         with self._lock:
             if len(self.head) < HEAD_ENTRIES:
@@ -301,7 +302,7 @@ class LivePrinter:
             if self.out.style == "json":
                 self.out.line(entry_json(entry, self.time_offset))
                 return
-            if entry.segment is None and not self._pending and self._writer.t0 is None:
+            if entry.segment is None and self._writer.t0 is None:
                 self._pending.append(entry)  # wait for a segment: it names the endpoints
                 return
             entries, self._pending = [*self._pending, entry], []

@@ -25,8 +25,9 @@ RUN_TIMEOUT = 60
 #   echo   echo until EOF, then close
 #   greet  send b"hello" and close at once (the peer closes second)
 #   count  read until EOF, answer b"got N", close
+#   reset  read one chunk, then close with SO_LINGER 0: an RST
 KERNEL_SERVER = r"""
-import socket, sys, threading
+import socket, struct, sys, threading
 host, mode = sys.argv[1], sys.argv[2]
 srv = socket.create_server((host, 0), backlog=256)
 print(srv.getsockname()[1], flush=True)
@@ -34,6 +35,10 @@ def serve(c):
     with c:
         if mode == "greet":
             c.sendall(b"hello")
+            return
+        if mode == "reset":
+            c.recv(65536)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
         total = 0
         while data := c.recv(65536):
