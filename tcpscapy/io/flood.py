@@ -148,8 +148,9 @@ def _send(link: Link, target: str, port: int, count: int, rate: float | None, li
                 try:
                     send(encode(seg, ip_id=getrandbits(16)))
                     sent += 1
-                except (LinkError, OSError):
+                except (LinkError, OSError):  # a full queue: send waited up to a second
                     errors += 1
+                    break  # look at the clock before trying again
     except KeyboardInterrupt:
         stopped = "interrupted"
     elapsed = time.monotonic() - start
