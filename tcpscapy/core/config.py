@@ -6,7 +6,7 @@ os.urandom; tests pass a fixed one so every run replays bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 MSL_RFC = 120.0  # RFC 9293 §3.4.2: Maximum Segment Lifetime, two minutes
 
@@ -49,12 +49,12 @@ class Config:
     # `tfo_backup_key` the previous key still accepted after a rotation, and
     # `tfo_no_cookie` accepts data without a cookie (as Linux 0x200).
     tfo_server: bool = False
-    tfo_key: bytes | None = None
-    tfo_backup_key: bytes | None = None
+    tfo_key: bytes | None = field(default=None, repr=False)
+    tfo_backup_key: bytes | None = field(default=None, repr=False)
     tfo_no_cookie: bool = False
     tfo_max_pending: int = 64  # TFO connections not yet fully established, per listener
     # Secrets, injected by the I/O layer (os.urandom) or fixed by tests.
-    secret: bytes = bytes(16)
+    secret: bytes = field(default=bytes(16), repr=False)  # never printed
 
     def with_(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]

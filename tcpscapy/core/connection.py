@@ -292,7 +292,9 @@ class Connection(SenderMixin):
         # Tell the peer once the window grew enough to matter (MUST-39), or reopened.
         grown = self._window_to_advertise() - before
         worth_telling = min(self.config.recv_buffer // 2, self._rcv_mss())
-        if grown > 0 and (before == 0 or grown >= worth_telling):
+        # After the peer's FIN it sends nothing more: a window update would only be a
+        # stray ACK (one a closed kernel peer may even take for a valid SYN cookie).
+        if grown > 0 and (before == 0 or grown >= worth_telling) and self._state.can_receive:
             self._ack_now = True
 
     # ---------------------------------------------------------------- timers
@@ -475,6 +477,8 @@ class Connection(SenderMixin):
             return seg if ok else None
         last = seq_add(seq, seg_len - 1)
         if wnd == 0:
+            if seq == self.rcv_nxt and not seg.payload and not seg.flags & SYN:
+                return seg  # a bare FIN at RCV.NXT needs no room (Linux takes it too)
             # A zero window still takes ACKs and RSTs at RCV.NXT (§3.10.7.4, note on RCV.WND).
             if seq == self.rcv_nxt or (seq_lt(seq, self.rcv_nxt) and seq_ge(last, self.rcv_nxt)):
                 self._ack_now = True

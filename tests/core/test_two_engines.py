@@ -461,3 +461,21 @@ def test_closed_events_name_their_cause() -> None:
     lonely = client.connect(CLIENT, SERVER, 0.0)
     Network({A: client}).run(lambda: lonely.state is State.CLOSED, timeout=10)
     assert lonely.close_cause == "timeout"
+
+
+def test_secrets_never_show_in_a_config_repr() -> None:
+    config = Config(secret=b"\xab" * 16, tfo_key=b"\xcd" * 16, tfo_backup_key=b"\xef" * 16)
+    text = repr(config)
+    assert "secret" not in text and "tfo_key" not in text
+    assert not any(marker in text for marker in ("ab" * 4, "\\xab", "cd" * 4, "\\xcd", "\\xef"))
+
+
+def test_no_window_update_after_the_peers_fin() -> None:
+    net, conn, peer = connected(CFG.with_(recv_buffer=4096, wscale=None))
+    peer.send(b"q" * 4096)
+    peer.close()
+    net.run(lambda: conn.state is State.CLOSE_WAIT, timeout=5)
+    start = len(net.log)
+    conn.data_consumed(4096)  # the app reads it all after the FIN
+    net.run(timeout=1)
+    assert [s for s in net.sent()[start:] if s.src == A] == []
