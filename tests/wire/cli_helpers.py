@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -72,12 +73,18 @@ def tcpscapy_popen(lab: Lab, host: str, *args: str,
                    stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """`tcpscapy ARGS` running in `host`; `finish` stops it if the test does not."""
     proc = lab.popen(host, [*TCPSCAPY, *args], stdin=stdin, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
+                     stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     _started.setdefault(lab.prefix, []).append(proc)
     return proc
 
 
 _started: dict[str, list[subprocess.Popen[bytes]]] = {}
+
+
+def _default_sigint() -> None:
+    # A test run started in the background (`pytest &`) ignores SIGINT, and children
+    # inherit that; the CLI respects an ignored SIGINT, so give it the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_until(stream: Any, needle: bytes, timeout: float = 10.0) -> bytes:
