@@ -256,3 +256,33 @@ def test_listen_then_a_client_of_our_own(net: Lab) -> None:
     code, err = stop(server)
     assert code == 143
     assert "in 100000 B  out 100000 B" in err
+
+
+# A kernel client using TCP Fast Open: the first connection fetches a cookie, the second
+# carries its data in the SYN.
+TFO_CLIENT = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+for i in range(2):
+    with socket.socket() as s:
+        s.sendto(b"fast %d" % i, socket.MSG_FASTOPEN, (host, port))  # blocking: connects
+        s.settimeout(10)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(100):
+            got += chunk
+        print(got.decode())
+"""
+
+
+def test_tfo_accepts_data_in_the_syn(net: Lab) -> None:
+    net.sysctl("client", "net.ipv4.tcp_fastopen", "1")
+    server = start(net, f"{SERVER}:{PORT}", "--tfo", "--json")
+    result = net.run("client", [sys.executable, "-c", TFO_CLIENT, SERVER, str(PORT)],
+                     capture_output=True, text=True, timeout=30)
+    assert result.stdout.split("\n")[:2] == ["fast 0", "fast 1"], result.stderr
+    code, err = stop(server)
+    assert code == 143
+    summary = next(o for o in map(json.loads, err.splitlines()) if o["type"] == "summary")
+    assert summary["counters"]["tfo_cookie_requests"] == 1
+    assert summary["counters"]["tfo_passive"] == 1
