@@ -605,6 +605,7 @@ class Connection(SenderMixin):
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(State.TIME_WAIT)
         self._rto_due = self._persist_due = self._keepalive_due = self._stalled_since = None
+        self._ack_due = None  # the FIN is acknowledged at once; no delayed ACK may follow
         self._time_wait_due = now + 2 * self.config.msl
 
     def _challenge_ack(self, now: float) -> None:

@@ -649,13 +649,16 @@ class Driver:
             self._wake()
 
     def _after_app_call(self) -> None:
-        """Tell a sleeping leader on another thread if the earliest timer moved up."""
-        if self._dirty:
+        """Tell waiters what changed, and wake a leader blocked in select on another
+        thread: it may be waiting for exactly this (an abort, a close), or for a timer
+        that just moved up."""
+        changed = self._dirty
+        if changed:
             self._notify()
         leader = self._leader
         if leader is not None and leader != threading.get_ident():
             due = self.stack.get_timer()
-            if due is not None and due < self._leader_wake_at:
+            if changed or (due is not None and due < self._leader_wake_at):
                 self._wake()
 
     def _check_alive(self) -> None:

@@ -633,3 +633,21 @@ def test_background_thread_handles_traffic_while_the_app_is_away(world: World) -
     assert conn.recv(timeout=0) == b"while you were out"
     for timer in world.net.timers:
         timer.join()
+
+
+def test_abort_from_another_thread_wakes_a_blocked_reader(world: World) -> None:
+    conn = world.connect()
+    outcome: list[object] = []
+
+    def reader() -> None:
+        try:
+            outcome.append(conn.recv(timeout=10))
+        except Exception as exc:  # the abort ends the read one way or another
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert wait_until(lambda: world.driver._leader is not None or bool(outcome))
+    conn.abort()
+    thread.join(timeout=3)  # long before the reader's own 10 s timeout
+    assert not thread.is_alive() and outcome
