@@ -268,11 +268,15 @@ class Driver:
     def open_connection(self, remote: Address, *, config: Config | None = None,
                         src: str | None = None, sport: int | None = None,
                         iface: str | None = None, mss_from_mtu: bool = True,
-                        trace_limit: int | None = TRACE_LIMIT) -> Endpoint:
+                        trace_limit: int | None = TRACE_LIMIT, data: bytes = b"",
+                        tfo_cookie: bytes | None = None, tfo_experimental: bool = False,
+                        tfo_mss: int | None = None) -> Endpoint:
         """Active open: send the SYN and return at once (wait for `ep.connected`).
 
         With `mss_from_mtu` the MSS we offer is lowered to fit the link's MTU.
-        The trace keeps the newest `trace_limit` entries (None: all).
+        The trace keeps the newest `trace_limit` entries (None: all). `data` is
+        queued behind the SYN; with a Fast Open cookie (b"" asks for one) part of
+        it rides in the SYN (see core Connection.connect).
         """
         self.start()
         link = self._link_for(remote[0], src, iface)
@@ -285,7 +289,8 @@ class Driver:
             try:
                 self._check_open()
                 conn = self.stack.connect((local_ip, port.key[1]), remote, time.monotonic(),
-                                          config=config)
+                                          config=config, data=data, tfo_cookie=tfo_cookie,
+                                          tfo_experimental=tfo_experimental, tfo_mss=tfo_mss)
             except LocalProtocolError as exc:  # that 4-tuple is still in use (TIME-WAIT)
                 self._unref(port)
                 raise PortInUseError(str(exc)) from None
