@@ -48,6 +48,7 @@ COOKIE_MASK = (1 << COOKIE_BITS) - 1
 PERIOD = 60.0  # seconds per count (Linux: one minute)
 MAX_AGE = 2  # counts a cookie stays valid (Linux MAX_SYNCOOKIE_AGE)
 LIFETIME = MAX_AGE * PERIOD  # at most this long after it was sent can a cookie come back
+ROTATION = 3600.0  # the hash keys change every hour; the previous hour's still validate
 
 TS_BITS = 6
 TS_MASK = (1 << TS_BITS) - 1
@@ -164,12 +165,30 @@ class CookieOptions:
     ecn: bool  # the client asked for ECN (the engine does not do ECN yet)
 
 
+def epoch_keys(secret: bytes, epoch: int) -> tuple[bytes, bytes]:
+    """The hash keys of one rotation period, derived from the process secret.
+
+    Rotation is stateless: keys are a function of (secret, epoch), so a cookie
+    made just before a change still validates just after it.
+    """
+    return derive_keys(hashlib.blake2s(epoch.to_bytes(8, "big", signed=True), key=secret[:32],
+                                       person=b"cookepoc").digest())
+
+
 class SynCookies:
     """Cookie SYN-ACKs and their validation for one listener's config."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.keys = derive_keys(config.secret)
+
+    def keys(self, now: float) -> tuple[bytes, bytes]:
+        return epoch_keys(self.config.secret, int(now // ROTATION))
+
+    def _candidate_keys(self, now: float) -> list[tuple[bytes, bytes]]:
+        """This period's keys, and the previous period's while its cookies can live."""
+        epoch = int(now // ROTATION)
+        epochs = [epoch] if int((now - LIFETIME) // ROTATION) == epoch else [epoch, epoch - 1]
+        return [epoch_keys(self.config.secret, e) for e in epochs]
 
     def synack(self, syn: Segment, now: float) -> Segment:
         """The SYN-ACK a Connection would send for `syn`, with a cookie as its ISN."""
@@ -177,7 +196,7 @@ class SynCookies:
         opts = syn.options
         four_tuple = tuple_bytes(syn.src, syn.dst, syn.sport, syn.dport)
         index = mss_index(opts.mss if opts.mss is not None else DEFAULT_MSS)
-        iss = make_cookie(self.keys, four_tuple, syn.seq, cookie_count(now), index)
+        iss = make_cookie(self.keys(now), four_tuple, syn.seq, cookie_count(now), index)
         if cfg.timestamps and opts.timestamps is not None:
             # Window scaling holds only if both sides offer it, as in Connection._negotiate.
             peer_ws = ours = None
@@ -197,8 +216,12 @@ class SynCookies:
         """The options a cookie ACK (acking our cookie SYN-ACK) carries, or None if invalid."""
         cfg = self.config
         four_tuple = tuple_bytes(ack.src, ack.dst, ack.sport, ack.dport)
-        index = check_cookie(self.keys, four_tuple, seq_add(ack.ack, -1),
-                             seq_add(ack.seq, -1), cookie_count(now))
+        index = None
+        for keys in self._candidate_keys(now):
+            index = check_cookie(keys, four_tuple, seq_add(ack.ack, -1), seq_add(ack.seq, -1),
+                                 cookie_count(now))
+            if index is not None:
+                break
         if index is None:
             return None
         mss = MSS_TABLE[index]
