@@ -165,6 +165,7 @@ class CookieOptions:
     ecn: bool  # the client asked for ECN (the engine does not do ECN yet)
 
 
+@lru_cache(maxsize=16)
 def epoch_keys(secret: bytes, epoch: int) -> tuple[bytes, bytes]:
     """The hash keys of one rotation period, derived from the process secret.
 
