@@ -357,6 +357,36 @@ class Driver:
         self._unref(ls.port)
         self._after_app_call()
 
+    def inject(self, ep: Endpoint, packet: Segment | bytes, *, raw: bool = False) -> str:
+        """Send a hand-made segment on `ep`'s link, past the engine (lock held).
+
+        A Segment is encoded as usual; with `raw`, `packet` is a whole IPv4
+        packet sent byte for byte, bad checksums and offsets included. The
+        engine is not told: what the segment claims (data, a FIN) is news only
+        to the peer. It goes into `ep.trace` noted "injected" (with why a raw
+        packet would not decode, if it would not). Returns '' or why it was not
+        sent; never raises for a send failure.
+        """
+        if raw:
+            if not isinstance(packet, bytes | bytearray | memoryview):
+                raise TypeError(f"raw injection takes the packet's bytes, not {type(packet)}")
+            data = bytes(packet)
+            seg, note = _describe_raw(data)
+        else:
+            if not isinstance(packet, Segment):
+                raise TypeError(f"inject takes a Segment (or bytes with raw=True), "
+                                f"not {type(packet)}")
+            try:
+                data = codec.encode(packet)
+            except ValueError as exc:
+                raise ValueError(f"cannot inject: {exc}") from None
+            seg, note = packet, "injected"
+        (local_ip, _), (remote_ip, _) = ep.conn.local, ep.conn.remote
+        failure = self._send_packet(local_ip, remote_ip, data)
+        ep.trace.record_segment(time.monotonic(), "out", seg,
+                                f"{note}; {failure}" if failure else note)
+        return failure
+
     def app_call(self, ep: Endpoint) -> None:
         """After the app called into `ep.conn` (lock held): events, then a turn of the loop.
 
@@ -590,9 +620,17 @@ class Driver:
         """
         try:
             packet = codec.encode(seg)
-            link = self._links.get((seg.src, seg.dst))
-            if link is None and not self._reply(seg.src, seg.dst, packet):
-                link = self._open_out_link(seg.src, seg.dst)
+        except ValueError as exc:
+            self.stats.send_errors += 1
+            return f"not sent: {one_line(exc)}"
+        return self._send_packet(seg.src, seg.dst, packet)
+
+    def _send_packet(self, src: str, dst: str, packet: bytes) -> str:
+        """Send an IPv4 packet on the link from `src` to `dst`; '' or why not (never raises)."""
+        try:
+            link = self._links.get((src, dst))
+            if link is None and not self._reply(src, dst, packet):
+                link = self._open_out_link(src, dst)
             if link is not None:
                 link.send(packet)
         except (LinkError, OSError, ValueError) as exc:
@@ -931,6 +969,16 @@ class PortInUseError(OSError):
 
 def _wall_offset() -> float:
     return time.time() - time.monotonic()
+
+
+def _describe_raw(packet: bytes) -> tuple[Segment | None, str]:
+    """What an injected raw packet carries, for the trace: the segment even when a
+    checksum is wrong (the note says so), None when it does not parse at all."""
+    found = codec.decode_ex(packet)
+    if found.segment is not None:
+        return found.segment, "injected raw"
+    seg = codec.decode(packet, verify_checksum=False)
+    return seg, f"injected raw, {found.reason}"
 
 
 # -- one driver per namespace -----------------------------------------------------------
