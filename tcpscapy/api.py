@@ -16,7 +16,9 @@ messages; `conn.engine` is the core Connection for reading its fields.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -25,10 +27,12 @@ from typing import Any
 
 from tcpscapy import errors, netns
 from tcpscapy.core.config import Config
+from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
-from tcpscapy.core.segment import Segment
+from tcpscapy.core.segment import ACK, SYN, Segment
 from tcpscapy.core.state import State
+from tcpscapy.core.tfo import FastOpen
 from tcpscapy.io.driver import (
     TRACE_LIMIT,
     Driver,
@@ -38,6 +42,7 @@ from tcpscapy.io.driver import (
     PortInUseError,
     default_driver,
 )
+from tcpscapy.io.tfo_cache import TfoCache
 from tcpscapy.trace import Direction, Side, Trace, TraceEntry
 
 __all__ = ["Connection", "Listener", "OnRecord", "connect", "listen", "resolve"]
@@ -301,6 +306,7 @@ class Connection:
     def __init__(self, driver: Driver, endpoint: Endpoint) -> None:
         self._driver = driver
         self._ep = endpoint
+        self.tfo_note = ""  # connect(tfo=True): what the cookie cache did, in one line
 
     @property
     def state(self) -> State:
@@ -322,6 +328,13 @@ class Connection:
     def engine(self) -> EngineConnection:
         """The core connection (negotiated options, sequence variables); read, don't call."""
         return self._ep.conn
+
+    @property
+    def fast_open(self) -> FastOpen | None:
+        """The Fast Open exchange (cookie sent and received, bytes in the SYN and
+        acknowledged; on a server, whether the SYN's data was accepted); None
+        when Fast Open played no part."""
+        return self._ep.conn.tfo
 
     @property
     def close_reason(self) -> str:
@@ -475,6 +488,8 @@ class Connection:
 
 def connect(host: str, port: int, *, timeout: float | None = None,
             driver: Driver | None = None, on_record: OnRecord | None = None,
+            data: bytes | bytearray | memoryview = b"", tfo: bool = False,
+            tfo_cache: TfoCache | str | os.PathLike[str] | None = None,
             **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
@@ -484,6 +499,14 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
 
+    `data` is queued at once, behind the SYN. With `tfo=True` (TCP Fast Open,
+    RFC 7413) the SYN asks for a cookie when none is cached for the server's
+    address, and carries the cookie and the first bytes of `data` when one is;
+    the SYN-ACK's answer updates the cache (`tfo_cache`: a TfoCache, a file
+    path, or None for ~/.cache/tcpscapy/tfo.json; see tcpscapy.io.tfo_cache).
+    Data the SYN-ACK does not acknowledge is sent after the handshake.
+    `conn.fast_open` then tells what happened, `conn.tfo_note` what the cache did.
+
     `on_record(entry)` is called with every trace entry as it is recorded, from
     the first SYN on, on the thread running the driver loop (keep it quick).
     If the connect fails after the SYN went out, the exception carries the
@@ -492,6 +515,8 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     ip = resolve(host)
     port = _port(port, zero_ok=False)
     deadline = _deadline(timeout, "connect")
+    payload = _data(data)
+    cache = _tfo_cache(_flag("tfo", tfo), tfo_cache)
     sport = options.pop("sport", None)
     if sport is not None:
         sport = _port(sport, zero_ok=False)
@@ -506,9 +531,12 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
+    attempt = cache.attempt(ip) if cache is not None else None
+    fast_open = attempt.connect_args() if attempt is not None else {}
     try:
         ep = drv.open_connection((ip, port), config=config, src=src, sport=sport, iface=iface,
-                                 mss_from_mtu=mss_auto, trace_limit=trace_limit)
+                                 mss_from_mtu=mss_auto, trace_limit=trace_limit, data=payload,
+                                 **fast_open)
     except Exception as exc:
         raise _translate(exc, f"connect to {ip}:{port}") from None
     conn = Connection(drv, ep)
@@ -521,13 +549,45 @@ def connect(host: str, port: int, *, timeout: float | None = None,
         except BaseException:  # e.g. KeyboardInterrupt: nobody will own this connection
             _give_up(drv, ep)
             raise
-        if ep.connected:
-            return conn
-        if not done:
+        if not ep.connected and not done:
             _give_up(drv, ep)
             raise _with_trace(errors.ConnectTimeout(
                 f"connect to {ip}:{port} timed out after {timeout:g} s"), ep)
-        raise _with_trace(conn._failure(connecting=True), ep)
+        if not ep.connected:
+            raise _with_trace(conn._failure(connecting=True), ep)
+        # Copied under the lock; the cache file is written after it is released.
+        record = dataclasses.replace(ep.conn.tfo) if ep.conn.tfo is not None else None
+        server_mss = _server_mss(ep)
+    if cache is not None and attempt is not None:
+        conn.tfo_note = cache.learn(ip, record, server_mss) or attempt.note
+    return conn
+
+
+def _data(data: Any) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise errors.BadOption(f"option data takes bytes, not {type(data).__name__}")
+    return bytes(data)
+
+
+def _tfo_cache(tfo: bool, cache: Any) -> TfoCache | None:
+    """The Fast Open cookie cache for connect(tfo=..., tfo_cache=...), or None."""
+    if not tfo:
+        if cache is not None:
+            raise errors.BadOption("option tfo_cache needs tfo=True")
+        return None
+    if cache is None or isinstance(cache, TfoCache):
+        return cache or TfoCache()
+    if isinstance(cache, str | os.PathLike) and str(cache):
+        return TfoCache(cache)
+    raise errors.BadOption(f"option tfo_cache takes a TfoCache or a file path, not {cache!r}")
+
+
+def _server_mss(ep: Endpoint) -> int:
+    """The MSS the server's SYN-ACK announced (536 if none), for the cookie cache."""
+    for seg in ep.trace.segments("in"):
+        if seg.flags & (SYN | ACK) == SYN | ACK:
+            return seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+    return ep.conn.snd_mss  # the trace kept nothing: the MSS we use is bounded by it
 
 
 def _give_up(drv: Driver, ep: Endpoint) -> None:

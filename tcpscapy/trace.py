@@ -33,6 +33,7 @@ __all__ = [
     "Side",
     "Trace",
     "TraceEntry",
+    "fast_open_lines",
     "handshake_rtt",
     "ladder",
     "to_json_lines",
@@ -317,7 +318,73 @@ def segment_label(entry: TraceEntry, bases: dict[str, int]) -> str:
         return entry.note or "undecodable packet"
     other = "in" if way == "out" else "out"
     text = _segment_text(seg, bases.get(way), bases.get(other))
+    if seg.flags & SYN and (tag := _fast_open_tag(seg, bases.get(other))):
+        text += f" [{tag}]"
     return f"{text} ({entry.note})" if entry.note else text
+
+
+def _fast_open_tag(seg: Segment, ack_base: int | None) -> str:
+    """A SYN's or SYN-ACK's part in TCP Fast Open, in a few words ("" for none)."""
+    cookie = seg.options.tfo_cookie
+    if not seg.flags & ACK:
+        if cookie == b"":
+            return "TFO cookie request"
+        if seg.payload:
+            return "TFO: data in the SYN" if cookie else "data in the SYN"
+        return "TFO cookie" if cookie else ""
+    acked = 0 if ack_base is None else _signed(seg.ack - ack_base - 1)
+    words = ["TFO cookie"] if cookie else []
+    if acked > 0:
+        words.append(f"acks {acked} bytes of SYN data")
+    return ", ".join(words)
+
+
+def fast_open_lines(entries: Iterable[TraceEntry]) -> list[str]:
+    """What TCP Fast Open did in the handshake, in words; [] when it played no part.
+
+    Read from the segments alone, so it holds for either side: the opener's
+    first SYN (cookie request, cookie, data) and the SYN-ACK that answered it.
+    """
+    syn: TraceEntry | None = None
+    synack: Segment | None = None
+    syns = 0
+    for entry in entries:
+        seg = entry.segment
+        if seg is None:
+            continue
+        kind = seg.flags & _HANDSHAKE_MASK
+        if kind == SYN and (syn is None or entry.direction == syn.direction):
+            syn = syn or entry
+            syns += 1
+        elif kind == SYN | ACK and syn is not None and entry.direction != syn.direction:
+            synack = seg
+            break
+    if syn is None or syn.segment is None:
+        return []
+    first = syn.segment
+    cookie, sent = first.options.tfo_cookie, len(first.payload)
+    given = synack.options.tfo_cookie if synack is not None else None
+    if cookie is None and not sent and not given:
+        return []
+    head = "Fast Open" + (" (experimental option 254)" if first.options.tfo_experimental else "")
+    if synack is None:
+        what = "cookie requested" if cookie == b"" else f"{sent} bytes rode in the SYN"
+        return [f"{head}: {what}; no SYN-ACK"]
+    acked = _signed(synack.ack - first.seq - 1)
+    if cookie == b"":
+        return [f"{head}: cookie requested; " + (
+            f"the SYN-ACK carried cookie {given.hex()}" if given
+            else "no cookie came back (the server ignored Fast Open)")]
+    if not sent:
+        what = f"cookie {cookie.hex()} sent without data" if cookie else "no data in the SYN"
+    elif acked >= sent:
+        what = f"{sent} bytes rode in the SYN and were acknowledged by the SYN-ACK (1 RTT saved)"
+    else:
+        retried = ", which was retransmitted without them" if syns > 1 else ""
+        what = (f"{sent} bytes rode in the SYN{retried}; the SYN-ACK acknowledged only the SYN, "
+                "so they went again after the handshake (no RTT saved)")
+    fresh = f"; the SYN-ACK carried a new cookie {given.hex()}" if given else ""
+    return [f"{head}: {what}{fresh}"]
 
 
 class LadderWriter:
@@ -395,6 +462,7 @@ class LadderWriter:
         return out
 
     def footer(self, entries: Iterable[TraceEntry]) -> list[str]:
+        entries = list(entries)
         out: list[str] = []
         found = _handshake(entries)
         if found is not None:
@@ -402,6 +470,9 @@ class LadderWriter:
             what = ("SYN", "SYN-ACK") if client else ("SYN-ACK", "ACK")
             self._emit(out, f"handshake RTT {rtt * 1000:.3f} ms ({what[0]}{self.glyphs.to}"
                             f"{what[1]})", _BOLD)
+        for line in fast_open_lines(entries):
+            for chunk in _wrap(line, self.cut) if self.cut else [line]:
+                self._emit(out, chunk, _BOLD)
         if self.relative and self.bases:
             isns = ", ".join(f"{side} {self.bases[way]}"
                              for way, side in (("out", "local"), ("in", "peer"))

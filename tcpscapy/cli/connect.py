@@ -9,6 +9,7 @@ so SIGINT/SIGTERM are handled there and never interrupt the engine mid-segment.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
 import time
@@ -35,21 +36,33 @@ from tcpscapy.cli._common import (
     unescape,
     wait_or_signal,
 )
+from tcpscapy.svg import write_ladder_svg
+from tcpscapy.trace import fast_open_lines
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the FIN exchange to finish after both sides closed
 STDIN_CHUNK = 65536
+STDIN_GRACE = 0.05  # --tfo: seconds to wait for the first stdin bytes, to put them in the SYN
 
 _EPILOG = f"""\b
 Examples:
   tcpscapy connect 10.77.0.2:80 --send 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'
   head -c 1M /dev/urandom | tcpscapy connect 10.77.0.2:7 -q > echoed
   tcpscapy connect example.test:80 --no-sack --wscale off --mss 536 --json
+  tcpscapy connect 10.77.0.2:80 --tfo --send 'GET / HTTP/1.0\\r\\n\\r\\n' --ladder-svg tfo.svg
 
 \b
 The ladder (stderr): time since the first entry, our state, an arrow per
 segment (flags in Scapy letters, seq/ack relative to each side's ISN unless
 --absolute, window, len, options) and our state changes; the handshake RTT
 at the end. --json writes one object per segment and state change instead.
+
+\b
+--tfo (TCP Fast Open): the first connection to a server asks for a cookie,
+later ones put the cookie and the first data in the SYN: the --send text, or
+the stdin bytes already there when connecting (the rest follows the
+handshake). Cookies are cached per server address in --tfo-cache (default
+$XDG_CACHE_HOME/tcpscapy/tfo.json); a server that ignores Fast Open gets plain
+SYNs for an hour.
 
 \b
 SIGINT (Ctrl-C) or SIGTERM resets the connection (RST), so the peer forgets it
@@ -81,6 +94,7 @@ class Client:
         try:
             self.conn = conn = tcpscapy.connect(self.host, self.port, timeout=self.timeout,
                                                 on_record=self.printer.record, **self.options)
+            self.sent += len(self.options.get("data", b""))  # queued with the SYN (--tfo)
             threading.Thread(target=self._send_side, name="tcpscapy-stdin", daemon=True).start()
             out = sys.stdout.buffer
             while chunk := conn.recv():
@@ -140,6 +154,19 @@ def _read_stdin() -> bytes:
         return b""
 
 
+def _stdin_now(grace: float) -> tuple[bytes, bool]:
+    """(bytes, EOF reached) of what stdin holds within `grace` seconds, without
+    waiting longer: the data a Fast Open SYN can carry."""
+    try:
+        ready = select.select([sys.stdin.fileno()], [], [], grace)[0]
+    except (OSError, ValueError):  # no stdin at all: as if empty
+        return b"", True
+    if not ready:
+        return b"", False
+    chunk = _read_stdin()
+    return chunk, not chunk
+
+
 @click.command("connect", cls=Command, epilog=_EPILOG)
 @click.argument("target", metavar="HOST:PORT")
 @click.option("--send", "send_text", metavar="TEXT",
@@ -155,10 +182,17 @@ def _read_stdin() -> bytes:
               help="One JSON object per segment and state change on stderr, no ladder.")
 @click.option("-q", "--quiet", is_flag=True, help="No ladder; errors only.")
 @click.option("--absolute", is_flag=True, help="Absolute seq/ack in the ladder.")
+@click.option("--tfo", is_flag=True,
+              help="TCP Fast Open: get a cookie, then send the first data in the SYN.")
+@click.option("--tfo-cache", "tfo_cache", metavar="FILE",
+              help="Fast Open cookie cache (default $XDG_CACHE_HOME/tcpscapy/tfo.json).")
+@click.option("--ladder-svg", "svg_path", metavar="FILE",
+              help="Write the ladder as an SVG picture to FILE at exit.")
 def connect(target: str, send_text: str | None, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
             rto: float | None, sport: int | None, iface: str | None, timeout: float | None,
-            pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool) -> None:
+            pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
+            tfo_cache: str | None, svg_path: str | None) -> None:
     """Connect to HOST:PORT (a name or IPv4 address) on tcpscapy's own TCP engine.
 
     Like netcat: stdin goes to the peer, the peer's bytes go to stdout; EOF on
@@ -177,14 +211,22 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
                                  no_timestamps=no_timestamps, window=window, retries=retries,
                                  rto=rto)
         options.update({k: v for k, v in (("sport", sport), ("iface", iface)) if v})
+        if tfo_cache is not None and not tfo:
+            raise errors.UsageError("--tfo-cache needs --tfo")
         if pcap_path:
             check_writable(pcap_path)
+        if svg_path:
+            _check_svg(svg_path)
         require_net_admin()
     except errors.TcpscapyError as exc:
         out.error(str(exc), exc.exit_code)
         sys.exit(exc.exit_code)
 
-    printer = LivePrinter(out, keep_all=bool(pcap_path),
+    if tfo:  # the data goes to connect(), to ride in the SYN
+        early, stdin_eof = (data, True) if data is not None else _stdin_now(STDIN_GRACE)
+        options.update(tfo=True, data=early, tfo_cache=tfo_cache)
+        data = b"" if stdin_eof else None  # what the send side still has to copy
+    printer = LivePrinter(out, keep_all=bool(pcap_path or svg_path),
                           time_offset=time.time() - time.monotonic())
     client = Client(host, port, options, data, printer, timeout)
     start_worker(client.run, "tcpscapy-connect")
@@ -195,6 +237,10 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
     if pcap_path and printer.all is not None:
         printer.all.write_pcap(pcap_path)
     conn = client.conn
+    if tfo and conn is not None:
+        _report_fast_open(out, conn)
+    if svg_path and printer.all is not None:
+        _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}")
     if style == "json":
         out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
                  state=str(conn.state) if conn else None,
@@ -210,3 +256,39 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
 def _message(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _report_fast_open(out: Output, conn: Connection) -> None:
+    """What Fast Open did and what the cookie cache made of it (the ladder's footer
+    already told what the segments did)."""
+    fo = conn.fast_open
+    if out.style == "json":
+        def hexed(cookie: bytes | None) -> str | None:
+            return cookie.hex() if cookie is not None else None
+        out.json(type="fast_open", cookie_sent=hexed(fo.cookie_sent) if fo else None,
+                 cookie_received=hexed(fo.cookie_received) if fo else None,
+                 syn_data=fo.syn_data if fo else 0, data_acked=fo.data_acked if fo else 0,
+                 experimental=fo.experimental if fo else False, cache=conn.tfo_note)
+    elif conn.tfo_note:
+        out.note(f"Fast Open cache: {conn.tfo_note}")
+
+
+def _check_svg(path: str) -> None:
+    """Fail before any traffic if --ladder-svg FILE cannot be written."""
+    try:
+        with open(path, "w"):
+            pass
+    except OSError as exc:
+        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
+
+
+def _write_svg(out: Output, printer: LivePrinter, path: str, title: str) -> None:
+    trace = printer.all
+    assert trace is not None
+    notes = fast_open_lines(trace)
+    if notes:
+        title += " \N{EM DASH} " + notes[0]
+    try:
+        write_ladder_svg(trace, path, title=title)
+    except OSError as exc:
+        out.error(f"cannot write --ladder-svg {path}: {exc.strerror}", 1)
