@@ -367,22 +367,23 @@ def fast_open_lines(entries: Iterable[TraceEntry]) -> list[str]:
     if cookie is None and not sent and not given:
         return []
     head = "Fast Open" + (" (experimental option 254)" if first.options.tfo_experimental else "")
-    if synack is None:
-        what = "cookie requested" if cookie == b"" else f"{sent} bytes rode in the SYN"
-        return [f"{head}: {what}; no SYN-ACK"]
-    acked = _signed(synack.ack - first.seq - 1)
     if cookie == b"":
-        return [f"{head}: cookie requested; " + (
-            f"the SYN-ACK carried cookie {given.hex()}" if given
-            else "no cookie came back (the server ignored Fast Open)")]
-    if not sent:
+        what = "cookie requested"
+    elif not sent:
         what = f"cookie {cookie.hex()} sent without data" if cookie else "no data in the SYN"
-    elif acked >= sent:
-        what = f"{sent} bytes rode in the SYN and were acknowledged by the SYN-ACK (1 RTT saved)"
     else:
+        what = f"{sent} bytes rode in the SYN"
+    if synack is None:
+        return [f"{head}: {what}; no SYN-ACK"]
+    if cookie == b"":
+        return [f"{head}: {what}; " + (f"the SYN-ACK carried cookie {given.hex()}" if given
+                                       else "no cookie came back (the server ignored Fast Open)")]
+    if sent and _signed(synack.ack - first.seq - 1) >= sent:
+        what += " and were acknowledged by the SYN-ACK (1 RTT saved)"
+    elif sent:
         retried = ", which was retransmitted without them" if syns > 1 else ""
-        what = (f"{sent} bytes rode in the SYN{retried}; the SYN-ACK acknowledged only the SYN, "
-                "so they went again after the handshake (no RTT saved)")
+        what += (f"{retried}; the SYN-ACK acknowledged only the SYN, so they went again after "
+                 "the handshake (no RTT saved)")
     fresh = f"; the SYN-ACK carried a new cookie {given.hex()}" if given else ""
     return [f"{head}: {what}{fresh}"]
 
