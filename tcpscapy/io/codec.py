@@ -32,8 +32,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from tcpscapy.core.options import (
     EXPERIMENTAL,
     MAX_OPTIONS_LEN,
+    MSS,
     NO_OPTIONS,
+    SACK,
+    SACK_PERMITTED,
+    TFO,
     TFO_MAGIC,
+    TIMESTAMPS,
+    WSCALE,
     Options,
     encode_options,
     parse_options,
@@ -49,6 +55,7 @@ __all__ = [
     "decode_ex",
     "encode",
     "from_scapy",
+    "option_bytes",
     "scapy_options",
     "to_scapy",
 ]
@@ -57,6 +64,7 @@ IPPROTO_TCP = 6
 _IP_HDR = struct.Struct("!BBHHHBBH4s4s")  # ver/ihl, tos, len, id, flags/frag, ttl, proto, sum
 _TCP_HDR = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, offset, flags, win, sum, urg
 _U16 = struct.Struct("!H")
+_U32X2 = struct.Struct("!II")
 _DF = 0x4000
 _MF_OR_OFFSET = 0x3FFF  # more-fragments bit or a non-zero fragment offset
 _MAX_IP_LEN = 0xFFFF
@@ -82,9 +90,10 @@ def encode(seg: Segment, *, ip_id: int = 0, ttl: int = 64, tos: int = 0, df: boo
     """A full IPv4 packet (20-byte header) carrying `seg`, both checksums filled in.
 
     Raises ValueError when a field does not fit its wire size or the packet
-    would exceed 65535 bytes.
+    would exceed 65535 bytes. Options are laid out as `encode_options` does,
+    or tightly when only that fits (see `option_bytes`).
     """
-    opts = b"" if seg.options is NO_OPTIONS else encode_options(seg.options)
+    opts = b"" if seg.options is NO_OPTIONS else option_bytes(seg.options)
     payload = seg.payload
     tcp_len = 20 + len(opts) + len(payload)
     ip_len = 20 + tcp_len
@@ -176,15 +185,70 @@ def decode(packet: bytes | bytearray | memoryview, *,
 # --- Scapy bridge (lazy imports) -------------------------------------------------------
 
 ScapyOption = tuple[str | int, Any]
+# Known kinds by Scapy's name, with raw bytes bodies (which Scapy writes as given).
+_SCAPY_NAMES: dict[int, str] = {MSS: "MSS", WSCALE: "WScale", SACK_PERMITTED: "SAckOK",
+                                TIMESTAMPS: "Timestamp", SACK: "SAck"}
+
+
+def _tight_fields(opts: Options) -> list[tuple[int, bytes]]:
+    """(kind, body) of every option in `encode_options`'s order, without alignment NOPs."""
+    out: list[tuple[int, bytes]] = []
+    if opts.mss is not None:
+        out.append((MSS, _U16.pack(opts.mss)))
+    if opts.sack_permitted:
+        out.append((SACK_PERMITTED, b""))
+    if opts.timestamps is not None:
+        out.append((TIMESTAMPS, _U32X2.pack(*opts.timestamps)))
+    if opts.wscale is not None:
+        out.append((WSCALE, bytes((opts.wscale,))))
+    if opts.tfo_cookie is not None:
+        out.append((EXPERIMENTAL, TFO_MAGIC + opts.tfo_cookie) if opts.tfo_experimental
+                   else (TFO, opts.tfo_cookie))
+    out += opts.unknown
+    if opts.sack_blocks:
+        out.append((SACK, b"".join(_U32X2.pack(*block) for block in opts.sack_blocks)))
+    return out
+
+
+def _tight_size(opts: Options) -> int:
+    return sum(2 + len(body) for _, body in _tight_fields(opts))
+
+
+def _needs_tight(opts: Options) -> bool:
+    """True when the aligned layout overflows but the tight one fits.
+
+    A peer may pack its options without alignment NOPs (40 bytes of MSS, TS,
+    WS and an unknown kind, say); `encode_options` adds NOPs and would need
+    more than 40 bytes, so re-encoding what we received (pcap, shell, replay)
+    uses the tight layout. Options parsed from at most 40 bytes always fit it.
+    """
+    if opts is NO_OPTIONS:
+        return False
+    try:
+        encode_options(opts)
+    except (ValueError, struct.error):
+        return _tight_size(opts) <= MAX_OPTIONS_LEN
+    return False
+
+
+def option_bytes(opts: Options) -> bytes:
+    """The option bytes `encode` puts on the wire: `encode_options`, or the tight
+    layout (no NOPs, EOL-padded) for options that only fit that way."""
+    if not _needs_tight(opts):
+        return encode_options(opts)
+    out = b"".join(bytes((kind, 2 + len(body))) + body for kind, body in _tight_fields(opts))
+    return out + bytes(-len(out) % 4)
 
 
 def scapy_options(opts: Options) -> list[ScapyOption]:
-    """`opts` as a Scapy TCP option list laid out exactly like `encode_options`.
+    """`opts` as a Scapy TCP option list laid out exactly like `option_bytes`.
 
     NOPs are explicit; the trailing EOL padding is left to Scapy, which pads the
     same way. TFO cookies are passed as bytes (Scapy's "TFO" format only fits
     8-byte cookies), the experimental TFO and unknown kinds as (kind, body).
     """
+    if _needs_tight(opts):
+        return [(_SCAPY_NAMES.get(kind, kind), body) for kind, body in _tight_fields(opts)]
     out: list[ScapyOption] = []
     used = 0
     nop: ScapyOption = ("NOP", None)
