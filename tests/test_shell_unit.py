@@ -243,3 +243,27 @@ def test_inject_into_a_forgotten_connection_says_so(
     assert wait_until(lambda: all(ep.conn is not c.engine for ep in world.driver.connections()))
     with pytest.raises(errors.ConnectionClosed, match="nothing to inject into"):
         c.inject(TCP(flags="A"))
+
+
+# -- tcpscapy listen --ladder-svg (file names, bad paths) ------------------------------
+
+
+def test_listen_svg_file_names_carry_the_peer() -> None:
+    from tcpscapy.cli.listen import svg_path_for
+
+    assert svg_path_for("out/ladder.svg", ("10.77.0.1", 40000)) == \
+        "out/ladder-10.77.0.1-40000.svg"
+    assert svg_path_for("pic", ("10.0.0.9", 7)) == "pic-10.0.0.9-7.svg"
+
+
+@pytest.mark.parametrize("extra", [[], ["--once"]])
+def test_listen_rejects_an_unwritable_svg_path_before_listening(extra: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from tcpscapy.cli import main
+
+    res = CliRunner().invoke(main, ["listen", "7", "--ladder-svg", "/nonexistent/dir/x.svg",
+                                    *extra])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert "cannot write --ladder-svg /nonexistent/dir/x.svg" in line

@@ -7,6 +7,8 @@ connections are reset, the summary is printed.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import threading
 import time
@@ -38,6 +40,7 @@ from tcpscapy.cli._common import (
 )
 from tcpscapy.core.state import State
 from tcpscapy.io.driver import TRACE_LIMIT
+from tcpscapy.svg import write_ladder_svg
 from tcpscapy.trace import ladder
 
 CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to finish its FIN exchange
@@ -49,6 +52,7 @@ Examples:
   tcpscapy listen 7                        echo on every local address
   tcpscapy listen 10.77.0.2:8080 --http ./site
   tcpscapy listen 9000 --file big.iso --max-conns 4 --syncookies always
+  tcpscapy listen 7 --once --ladder-svg handout.svg
 
 \b
 One line per connection on stderr: peer, bytes in/out, duration, how it
@@ -125,13 +129,14 @@ class Server:
     """Accepts and serves; run() on a worker thread, stop() from the main thread."""
 
     def __init__(self, listener: Listener, service: Service, out: Output, *, verbose: bool,
-                 max_conns: int | None, once: bool, pcap: Any) -> None:
+                 max_conns: int | None, once: bool, pcap: Any, svg: str | None = None) -> None:
         self.listener = listener
         self.service = service
         self.out = out
         self.verbose = verbose
         self.once = once
         self.pcap = pcap  # a scapy PcapWriter, or None
+        self.svg = svg  # --ladder-svg FILE
         self.slots = threading.BoundedSemaphore(max_conns) if max_conns else None
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -221,6 +226,20 @@ class Server:
             if self.pcap is not None:
                 self.pcap.write(list(trace.to_scapy()))
                 self.pcap.flush()
+            if self.svg is not None:
+                self._write_svg(trace, conn)
+
+    def _write_svg(self, trace: Any, conn: Connection) -> None:
+        """The connection's ladder as SVG: FILE itself with --once, else FILE named
+        after the peer (a failure is reported, the server goes on)."""
+        assert self.svg is not None
+        path = self.svg if self.once else svg_path_for(self.svg, conn.remote)
+        (lip, lport), (rip, rport) = conn.local, conn.remote
+        title = f"tcpscapy listen {lip}:{lport} \N{EM DASH} client {rip}:{rport}"
+        try:
+            write_ladder_svg(trace, path, relative=self.out.relative, title=title)
+        except OSError as exc:
+            self.out.error(f"cannot write --ladder-svg {path}: {exc.strerror}", 1)
 
     def stop(self) -> None:
         """Close the listener, reset the open connections and report them."""
@@ -245,6 +264,25 @@ class Server:
         self.out.line(f"{ip}:{port}: {totals.connections} connections, in {totals.bytes_in} B, "
                       f"out {totals.bytes_out} B")
         self.out.line("counters: " + " ".join(f"{k}={v}" for k, v in counters.items()))
+
+
+def svg_path_for(base: str, peer: tuple[str, int]) -> str:
+    """FILE with the peer in its name: ladder.svg -> ladder-10.77.0.1-40000.svg."""
+    path = Path(base)
+    suffix = path.suffix or ".svg"
+    return str(path.with_name(f"{path.stem}-{peer[0]}-{peer[1]}{suffix}"))
+
+
+def _check_svg(path: str, once: bool) -> None:
+    """Fail before listening if --ladder-svg cannot be written (FILE, or its directory)."""
+    try:
+        if once:
+            with open(path, "w"):
+                pass
+        elif not os.access(Path(path).parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "directory not writable")
+    except OSError as exc:
+        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -297,6 +335,9 @@ def _service(echo_flag: bool, discard_flag: bool, file: str | None,
 @click.option("--tfo", is_flag=True, help="Accept TCP Fast Open (data in the SYN with a "
               "valid cookie).")
 @click.option("--pcap", "pcap_path", metavar="FILE", help="Write every segment to a pcap file.")
+@click.option("--ladder-svg", "svg_path", metavar="FILE",
+              help="Write each connection's ladder as an SVG picture: FILE with --once, "
+              "else FILE named after the client (ladder-10.77.0.1-40000.svg).")
 @click.option("--json", "as_json", is_flag=True, help="JSON objects on stderr instead of text.")
 @click.option("-v", "--verbose", is_flag=True, help="Each connection's ladder (or its JSON "
               "entries) before its summary line.")
@@ -305,8 +346,8 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            http_dir: str | None, backlog: int, max_conns: int | None, once: bool,
            mss: int | None, wscale: str | None, no_sack: bool, no_timestamps: bool,
            window: int | None, retries: int | None, rto: float | None, syncookies: str,
-           tfo: bool, pcap_path: str | None, as_json: bool, verbose: bool,
-           absolute: bool) -> None:
+           tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
+           verbose: bool, absolute: bool) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
     tcpscapy's own TCP engine, serving many clients at once. Needs root."""
     out = Output("listen", style="json" if as_json else "ladder", relative=not absolute)
@@ -319,6 +360,8 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
         options.update(syncookies=syncookies, tfo=tfo)
         if pcap_path:
             check_writable(pcap_path)
+        if svg_path:
+            _check_svg(svg_path, once)
         require_net_admin()
         listener = tcpscapy.listen(port, host, backlog=backlog, **options)
     except errors.TcpscapyError as exc:
@@ -327,7 +370,7 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
 
     pcap = _pcap_writer(pcap_path) if pcap_path else None
     server = Server(listener, service, out, verbose=verbose, max_conns=max_conns, once=once,
-                    pcap=pcap)
+                    pcap=pcap, svg=svg_path)
     ip, bound = listener.local
     out.note(f"listening on {ip}:{bound} ({mode})", type="listening", listen=f"{ip}:{bound}",
              port=bound, mode=mode)

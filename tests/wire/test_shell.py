@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import TCP
@@ -138,7 +139,7 @@ def test_lab_helpers_build_enter_and_remove_a_lab(unique_prefix: str) -> None:
     assert not Lab(unique_prefix).exists()
 
 
-def test_tcpscapy_shell_runs_a_session_from_stdin(net: Lab, tmp_path: object) -> None:
+def test_tcpscapy_shell_runs_a_session_from_stdin(net: Lab, tmp_path: Path) -> None:
     svg = f"{tmp_path}/c.svg"
     script = "\n".join([
         f'c = connect("{SERVER}:{PORT}")',
@@ -162,5 +163,56 @@ def test_tcpscapy_shell_runs_a_session_from_stdin(net: Lab, tmp_path: object) ->
     assert "state ESTABLISHED" in res.stdout
     assert "10.77.0.1" in res.stdout and "PA / Raw" in res.stdout  # the PacketList summary
     assert "error: bad port 'notaport'" in res.stderr and "Traceback" not in res.stderr
-    with open(svg) as f:
-        assert f.read().startswith("<svg")
+    assert Path(svg).read_text().startswith("<svg")
+
+
+# -- the ladder as a picture from `tcpscapy listen` --------------------------------------
+
+KERNEL_CLIENT = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+    s.sendall(b"hi")
+    assert s.recv(10) == b"hi"
+    print(s.getsockname()[1])
+"""
+
+
+def test_listen_writes_each_connections_ladder_as_svg(lab: Lab, tmp_path: Path) -> None:
+    base = f"{tmp_path}/ladder.svg"
+    server = lab.popen("server", [sys.executable, "-m", "tcpscapy", "listen", "7007",
+                                  "--ladder-svg", base, "--max-conns", "4"],
+                       stderr=subprocess.PIPE, text=True)
+    assert server.stderr is not None
+    assert "listening on" in server.stderr.readline()
+    ports = []
+    for _ in range(2):
+        res = lab.run("client", [sys.executable, "-c", KERNEL_CLIENT, SERVER, "7007"],
+                      capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        ports.append(int(res.stdout))
+    for port in ports:
+        path = f"{tmp_path}/ladder-10.77.0.1-{port}.svg"
+        assert wait_for(lambda path=path: _complete_svg(path)), f"no {path}"
+        text = Path(path).read_text()
+        assert f"10.77.0.1:{port}" in text and "SYN-RECEIVED" in text and "SA seq=0 ack=1" in text
+    server.send_signal(2)
+    server.wait(10)
+
+
+def test_listen_once_writes_the_svg_to_the_file_named(lab: Lab, tmp_path: Path) -> None:
+    path = f"{tmp_path}/once.svg"
+    server = lab.popen("server", [sys.executable, "-m", "tcpscapy", "listen", "7008", "--once",
+                                  "--ladder-svg", path], stderr=subprocess.PIPE, text=True)
+    assert server.stderr is not None and "listening on" in server.stderr.readline()
+    res = lab.run("client", [sys.executable, "-c", KERNEL_CLIENT, SERVER, "7008"],
+                  capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert server.wait(15) == 0
+    assert _complete_svg(path) and "ESTABLISHED" in Path(path).read_text()
+
+
+def _complete_svg(path: str) -> bool:
+    try:
+        return Path(path).read_text().rstrip().endswith("</svg>")
+    except FileNotFoundError:
+        return False
