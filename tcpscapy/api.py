@@ -575,8 +575,10 @@ def _tfo_cache(tfo: bool, cache: Any) -> TfoCache | None:
         if cache is not None:
             raise errors.BadOption("option tfo_cache needs tfo=True")
         return None
-    if cache is None or isinstance(cache, TfoCache):
-        return cache or TfoCache()
+    if cache is None:
+        return TfoCache()
+    if isinstance(cache, TfoCache):
+        return cache  # (an empty one is falsy: no `or` here)
     if isinstance(cache, str | os.PathLike) and str(cache):
         return TfoCache(cache)
     raise errors.BadOption(f"option tfo_cache takes a TfoCache or a file path, not {cache!r}")

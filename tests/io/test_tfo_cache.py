@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpscapy import api, errors
 from tcpscapy.core.config import Config
 from tcpscapy.core.stack import Stack
 from tcpscapy.core.state import State
@@ -273,3 +274,20 @@ def test_two_engines_fast_open_through_the_cache(path: Path, clock: Clock) -> No
     acked, syn_data = connect(40001)
     assert syn_data == payload[: 1200 - 40] and acked == len(syn_data)
     assert listener.tfo_passive == 1 and listener.tfo_cookie_requests == 1
+
+
+def test_connect_takes_a_cache_a_path_or_none(path: Path, clock: Clock) -> None:
+    empty = cache_at(path, clock)
+    assert api._tfo_cache(True, empty) is empty
+    assert api._tfo_cache(True, str(path)).path == path  # type: ignore[union-attr]
+    assert api._tfo_cache(True, path).path == path  # type: ignore[union-attr]
+    assert api._tfo_cache(True, None).path == default_path()  # type: ignore[union-attr]
+    assert api._tfo_cache(False, None) is None
+    with pytest.raises(errors.BadOption, match="tfo_cache needs tfo=True"):
+        api._tfo_cache(False, path)
+    with pytest.raises(errors.BadOption, match="takes a TfoCache or a file path"):
+        api._tfo_cache(True, 42)
+    with pytest.raises(errors.BadOption, match="option tfo takes True or False"):
+        api.connect("10.77.0.2", 80, tfo="yes")  # checked before anything is sent
+    with pytest.raises(errors.BadOption, match="option data takes bytes, not str"):
+        api.connect("10.77.0.2", 80, data="text")  # type: ignore[arg-type]
