@@ -47,14 +47,14 @@ EXIT_NEEDS_ROOT = 4
 #   http      read one request, answer a tiny HTTP response, close
 # With "fastopen" the listening socket accepts TCP Fast Open (TCP_FASTOPEN).
 KERNEL_SERVER = r"""
-import socket, sys, threading
+import contextlib, socket, sys, threading
 host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 srv = socket.create_server((host, port), backlog=128)
 if "fastopen" in sys.argv[4:]:
     srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
 print("ready", flush=True)
 def serve(c):
-    with c:
+    with c, contextlib.suppress(OSError):  # a peer may reset: that is what some labs do
         if mode == "greet":
             c.sendall(b"hello\n")
         elif mode.startswith("blob:"):
@@ -93,11 +93,13 @@ class Lesson:
     def say(self, text: str) -> None:
         print(f"   {text}", flush=True)
 
-    def ladder(self, trace: Iterable[TraceEntry], title: str | None = None) -> None:
+    def ladder(self, trace: Iterable[TraceEntry], title: str | None = None, *,
+               absolute: bool = False) -> None:
+        """Print a ladder: seq/ack relative to each side's first seq unless `absolute`."""
         if title:
             print(f"\n-- {title}")
         width = shutil.get_terminal_size().columns if self.color else None
-        print(ladder(trace, width=width, color=self.color), flush=True)
+        print(ladder(trace, relative=not absolute, width=width, color=self.color), flush=True)
 
     def fact(self, name: str, value: Any) -> Any:
         """A figure worth printing (and handing to the tests)."""
