@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := iptables libnetfilter-queue-dev iproute2 curl kmod ethtool libpcap0.8
 
-.PHONY: test demo bench lint deps clean
+.PHONY: test demo labs bench lint deps clean
 
 deps:
 	@missing=""; for p in $(APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,6 +28,13 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# Every classroom lab in examples/labs (as root); each builds and removes its own lab.
+labs: $(STAMP)
+	@failed=""; for lab in examples/labs/[0-9][0-9]_*.py; do \
+	  $(PY) $$lab || failed="$$failed $$(basename $$lab)"; done; \
+	if [ -n "$$failed" ]; then echo "labs that failed:$$failed"; exit 1; fi; \
+	echo "every lab passed"
 
 bench: $(STAMP)
 	$(PY) -m tcpscapy.bench
