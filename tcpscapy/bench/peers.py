@@ -228,7 +228,8 @@ class Client:
 
     - cycles host ports count threads: `threads` threads (spread over `ports`)
       connect, read to EOF (the server closes first, so no TIME-WAIT piles up
-      here) and close, `count` in all; answer {"seconds": wall time, "errors"}.
+      here) and close, `count` in all; answer {"seconds": wall time, "errors",
+      "cpu": this process's CPU seconds}.
     - tcplink / sr1 host port count: Scapy handshakes; answer {"samples": seconds}.
     - hold host port count: open `count` connections and keep them; release: reset them.
     """
@@ -270,11 +271,13 @@ class Client:
         workers = [threading.Thread(target=work, args=(i, n)) for i, n in enumerate(share)]
         for w in workers:
             w.start()
+        cpu = time.process_time()
         start.wait()
         began = time.perf_counter()
         for w in workers:
             w.join()
-        return {"seconds": time.perf_counter() - began, "errors": sum(errors)}
+        return {"seconds": time.perf_counter() - began, "errors": sum(errors),
+                "cpu": time.process_time() - cpu}
 
     def hold(self, host: str, port: int, count: int) -> Json:
         began = time.perf_counter()
@@ -323,7 +326,7 @@ def scapy_tcplink(host: str, port: int, count: int) -> list[float]:
     _iptables("-I", "OUTPUT", *rule)
     samples = []
     try:
-        for _ in range(count):
+        for _ in range(count + 1):  # the first one warms Scapy up and is not kept
             began = time.perf_counter()
             link = TCP_client.tcplink(Raw, host, port)
             try:
@@ -336,7 +339,7 @@ def scapy_tcplink(host: str, port: int, count: int) -> list[float]:
                 link.close()
     finally:
         _iptables("-D", "OUTPUT", *rule)
-    return samples
+    return samples[1:]
 
 
 def scapy_sr1(host: str, port: int, count: int) -> list[float]:
@@ -347,7 +350,7 @@ def scapy_sr1(host: str, port: int, count: int) -> list[float]:
 
     conf.verb = 0
     samples = []
-    for i in range(count):
+    for i in range(count + 1):  # the first one warms Scapy up and is not kept
         syn = IP(dst=host) / TCP(sport=40000 + i % 20000, dport=port, flags="S")
         began = time.perf_counter()
         answer = sr1(syn, timeout=SOCKET_TIMEOUT)
@@ -355,7 +358,7 @@ def scapy_sr1(host: str, port: int, count: int) -> list[float]:
         if answer is None or TCP not in answer or answer[TCP].flags != "SA":
             raise RuntimeError(f"sr1: no SYN-ACK from {host}:{port}")
         samples.append(took)
-    return samples
+    return samples[1:]
 
 
 ROLES: dict[str, Callable[..., None]] = {

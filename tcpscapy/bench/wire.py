@@ -11,6 +11,7 @@ Each figure function returns one sample; the runner repeats it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import statistics
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import tcpscapy
-from tcpscapy.bench.peers import Peer
+from tcpscapy.bench.peers import Json, Peer
 from tcpscapy.io.driver import close_all
 from tcpscapy.lab import ADDRESSES, Lab
 
@@ -190,13 +191,16 @@ class Wire:
 
     # -- 2. server handshakes per second -------------------------------------------------
 
-    def _cycles_per_second(self, ports: list[int]) -> float:
+    def _cycles(self, ports: list[int]) -> Json:
         count = self.sizes.cycles
         answer = self.client.ask(op="cycles", host=self.server_addr, ports=ports, count=count,
                                  threads=CLIENT_THREADS)
         if answer["errors"]:
             raise RuntimeError(f"{answer['errors']} of {count} kernel client connections failed")
-        return count / float(answer["seconds"])
+        return answer
+
+    def _cycles_per_second(self, ports: list[int]) -> float:
+        return self.sizes.cycles / float(self._cycles(ports)["seconds"])
 
     def tcpscapy_server_per_second(self) -> float:
         return self._cycles_per_second(self.tcpscapy_ports(1))
@@ -210,12 +214,24 @@ class Wire:
         return self._cycles_per_second(self.tcpscapy_ports(2))
 
     def tcpscapy_server_cpu_us(self) -> float:
-        """CPU µs the tcpscapy listener process spends per accepted handshake."""
+        """CPU µs the tcpscapy listener process spends per accepted handshake.
+
+        Also notes the kernel clients' CPU per handshake and how busy both cores
+        were: what is left for a second listener worker (fan-out) on this machine.
+        """
         (server,) = self.tcpscapy_servers(1)
-        before = server.ask()
-        self._cycles_per_second(self.tcpscapy_ports(1))
-        after = server.ask()
-        return (after["cpu"] - before["cpu"]) / (after["accepted"] - before["accepted"]) * 1e6
+        before, idle_before = server.ask(), _cpu_idle()
+        clients = self._cycles(self.tcpscapy_ports(1))
+        after, idle_after = server.ask(), _cpu_idle()
+        handshakes = after["accepted"] - before["accepted"]
+        listener_us = (after["cpu"] - before["cpu"]) / handshakes * 1e6
+        wall = float(clients["seconds"])
+        busy = 1 - (idle_after - idle_before) / (wall * (os.cpu_count() or 1))
+        self.notes["server CPU"] = (
+            f"per handshake, tcpscapy listener {listener_us:,.0f} µs CPU, kernel clients "
+            f"(Python) {clients['cpu'] / handshakes * 1e6:,.0f} µs CPU; all {os.cpu_count()} "
+            f"cores {max(busy, 0):.0%} busy meanwhile (last run)")
+        return listener_us
 
     # -- 3. bulk transfer ----------------------------------------------------------------
 
@@ -300,6 +316,13 @@ class Wire:
             (BULK_KERNEL_SEND, "MB/s", self.kernel_send_mb_s),
             (BULK_KERNEL_RECV, "MB/s", self.kernel_recv_mb_s),
         ]
+
+
+def _cpu_idle() -> float:
+    """Seconds all cores spent idle since boot (/proc/stat: idle + iowait)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_all(recv: Callable[[int], bytes]) -> bytes:
