@@ -1,9 +1,11 @@
 """tcpscapy at Scapy's prompt: open a connection, look at it, inject segments into it.
 
 `tcpscapy shell` starts Scapy's interactive prompt with all of this loaded. In an
-ordinary Scapy or Python session (as root), the same is one import away:
+ordinary Scapy session (`scapy`, as root), the same is one import away:
 
     >>> from tcpscapy.shell import *
+
+(in plain Python, `from scapy.all import *` as well, for IP, TCP and wrpcap).
 
 A session in a lab (namespaces client 10.77.0.1, server .2, attacker .3):
 
