@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -244,7 +243,7 @@ def parse_rules(backend_name: str, listing: str) -> list[GuardRule]:
     for line in listing.splitlines():
         if not line.startswith("-A ") or (pid := parse_owner_pid(line)) is None:
             continue
-        words = shlex.split(line)
+        words = split_saved(line)
         chain, spec = words[1], tuple(words[2:])
         rules.append(
             GuardRule(
@@ -258,6 +257,35 @@ def parse_rules(backend_name: str, listing: str) -> list[GuardRule]:
             )
         )
     return rules
+
+
+def split_saved(line: str) -> list[str]:
+    """The words of one ``iptables -S`` line, unquoted as iptables-restore does.
+
+    iptables puts a value with anything but ``[A-Za-z0-9_-]`` in double quotes and
+    backslash-escapes ``"``, ``\\`` and ``'`` inside them. shlex keeps the backslash
+    before ``'``, so a rule with a quote in its comment could then not be deleted.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    in_word = quoted = escaped = False
+    for char in line:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted, in_word = not quoted, True
+        elif quoted or char not in " \t\n":
+            word.append(char)
+            in_word = True
+        elif in_word:
+            words.append("".join(word))
+            word, in_word = [], False
+    if in_word:
+        words.append("".join(word))
+    return words
 
 
 def _int_after(words: Sequence[str], flag: str) -> int | None:

@@ -254,6 +254,8 @@ def open_link(
 ) -> Link:
     """Open the sockets to reach `dst_ip` from the calling thread's network namespace."""
     dst = _ipv4(dst_ip, "destination")
+    if iface is not None:
+        _check_iface(iface)
     route_iface, route_src, gateway, local = _route(dst, iface)
     if route_src == "0.0.0.0":
         raise NoRoute(f"no route to {dst}" + (f" via {iface}" if iface else ""))
@@ -291,6 +293,14 @@ def _ipv4(text: str, what: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise ValueError(f"bad {what} address {text!r}: expected dotted IPv4") from None
+
+
+def _check_iface(iface: str) -> None:
+    """A bad interface name is the caller's mistake (ValueError), not a missing route."""
+    try:
+        socket.if_nametoindex(iface)  # looks in the calling thread's namespace
+    except (OSError, ValueError):
+        raise ValueError(f"no such interface {iface!r}") from None
 
 
 def _route(dst: str, iface: str | None) -> tuple[str, str, str, bool]:
