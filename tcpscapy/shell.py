@@ -466,11 +466,11 @@ def lab_run(host: str, command: str | Sequence[str]) -> int:
 
 
 ECHO_SERVER = r"""
-import socket, sys, threading
+import contextlib, socket, sys, threading
 srv = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=64)
 print("ready", flush=True)
 def serve(c):
-    with c:
+    with c, contextlib.suppress(OSError):  # injected segments may well reset it
         while data := c.recv(65536):
             c.sendall(data)
 while True:
@@ -479,19 +479,20 @@ while True:
 """
 
 
-def echo_server(port: int = 7, host: str = "server") -> subprocess.Popen[str]:
+def echo_server(port: int = 7, host: str = "server") -> str:
     """Start a kernel (Linux TCP) echo server in a lab host; lab_down() stops it."""
     the_lab = current_lab()
-    proc = the_lab.popen(host, [sys.executable, "-c", ECHO_SERVER, the_lab.addr(host), str(port)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.wait(ECHO_READY_TIMEOUT)
-        lines = proc.stderr.read().strip().splitlines()
-        raise labmod.LabError(f"echo server on {host}:{port} did not start: "
-                              f"{lines[-1] if lines else 'no output'}")
-    return proc
+    addr = the_lab.addr(host)
+    proc = the_lab.popen(host, [sys.executable, "-c", ECHO_SERVER, addr, str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    with proc.stdout:  # it says "ready", or why it could not start, then nothing more
+        first = proc.stdout.readline().strip()
+        if first != "ready":
+            lines = [first, *proc.stdout.read().strip().splitlines()]
+            proc.wait(ECHO_READY_TIMEOUT)
+            raise labmod.LabError(f"echo server on {host}:{port} did not start: {lines[-1]}")
+    return f"kernel echo server on {addr}:{port}"
 
 
 def _scapy_follow_namespace(iface: str | None) -> None:

@@ -19,7 +19,7 @@ from tcpscapy.core.segment import RST
 from tcpscapy.core.state import State
 from tcpscapy.io import iptables
 from tcpscapy.io.driver import close_all
-from tcpscapy.lab import Lab
+from tcpscapy.lab import Lab, LabError
 from tcpscapy.netns import current_id
 
 pytestmark = pytest.mark.wire
@@ -126,7 +126,9 @@ def test_lab_helpers_build_enter_and_remove_a_lab(unique_prefix: str) -> None:
     try:
         the_lab = shell.lab_up(unique_prefix)
         assert the_lab.status()["state"] == "up"
-        shell.echo_server(PORT)
+        assert shell.echo_server(PORT) == f"kernel echo server on {SERVER}:{PORT}"
+        with pytest.raises(LabError, match=r"did not start: OSError: .*Address already in use"):
+            shell.echo_server(PORT)
         assert shell.lab_enter("client") == "now on client (10.77.0.1)"
         assert current_id() != home
         c = shell.connect(SERVER, PORT)
