@@ -267,3 +267,29 @@ def test_listen_rejects_an_unwritable_svg_path_before_listening(extra: list[str]
     assert res.exit_code == 2
     (line,) = res.output.strip().splitlines()
     assert "cannot write --ladder-svg /nonexistent/dir/x.svg" in line
+
+
+# -- the tcpscapy shell command --------------------------------------------------------
+
+
+def test_shell_command_help_and_usage_errors() -> None:
+    from click.testing import CliRunner
+
+    from tcpscapy.cli import main
+
+    res = CliRunner().invoke(main, ["shell", "--help"])
+    assert res.exit_code == 0 and "from tcpscapy.shell import *" in res.output
+    res = CliRunner().invoke(main, ["shell", "--bogus"])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("tcpscapy shell: ") and "--bogus" in line
+
+
+def test_excepthook_prints_our_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tcpscapy.lab import LabUsageError
+    from tcpscapy.shell import excepthook
+
+    for exc in (errors.ConnectionRefused("connection to 10.77.0.2:81 refused"),
+                LabUsageError("no lab yet: call lab_up() first")):
+        excepthook(type(exc), exc, None)
+        assert capsys.readouterr().err == f"error: {exc}\n"

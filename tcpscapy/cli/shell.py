@@ -8,6 +8,7 @@ import sys
 import click
 
 from tcpscapy import __version__
+from tcpscapy.cli._common import Command
 
 _EPILOG = """\b
 At the prompt:
@@ -20,7 +21,7 @@ At the prompt:
 The same from any Scapy or Python session: from tcpscapy.shell import *"""
 
 
-@click.command("shell", epilog=_EPILOG)
+@click.command("shell", cls=Command, epilog=_EPILOG)
 @click.option("--no-banner", is_flag=True, help="Start without the tcpscapy banner.")
 def shell(no_banner: bool) -> None:
     """Scapy's interactive prompt with tcpscapy preloaded: open connections, inject
