@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tcpscapy import api, errors
 from tcpscapy import lab as labmod
-from tcpscapy.core.segment import RST, SYN
+from tcpscapy.core.segment import ACK, RST, SYN
 from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.driver import Endpoint, close_all
@@ -118,7 +118,7 @@ def complete(pkt: Packet | bytes | str, filler: Filler) -> Packet:
     _default(tcp, "dport", filler.dport)
     _default(tcp, "seq", filler.seq)
     _default(tcp, "flags", "PA" if len(tcp.payload) else "A")
-    if int(tcp.flags) & 0x10:  # ACK
+    if int(tcp.flags) & ACK:
         _default(tcp, "ack", filler.ack)
     _default(tcp, "window", filler.window)
     if filler.timestamps is not None and not int(tcp.flags) & (SYN | RST):
