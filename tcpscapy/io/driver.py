@@ -515,7 +515,8 @@ class Driver:
         elif guard is not None and now - self._guard_at >= GUARD_EVERY:
             self._guard_at = now  # an app thread that never selects still gives verdicts
             guard.process_pending()
-        fed = self._receive(now)
+        fed = self._receive()
+        now = time.monotonic()  # after receiving: what we answer now is stamped after it
         due = self.stack.get_timer()
         if due is not None and due <= now:
             self._fire_timers(now)
@@ -523,8 +524,12 @@ class Driver:
             return  # nothing new since the flush above
         self._flush(now)
 
-    def _receive(self, now: float) -> int:
-        """Feed the engine every queued segment for us; return how many."""
+    def _receive(self) -> int:
+        """Feed the engine every queued segment for us; return how many.
+
+        Each batch is stamped when it is read, so a SYN-ACK read in the same turn
+        as the SYN went out still shows the real round trip in the trace.
+        """
         stack, eps = self.stack, self._eps
         stats = self.stats
         fed = stats.received
@@ -532,6 +537,7 @@ class Driver:
             taken = 0
             while taken < RECV_MAX_PER_TURN:
                 batch = link.recv_many(RECV_BATCH)
+                now = time.monotonic()
                 taken += len(batch)
                 for packet, skip_csum in batch:
                     seg = codec.decode(packet, verify_checksum=not skip_csum)

@@ -200,6 +200,18 @@ def test_options_follow_the_kernels_synack(net: Lab) -> None:
         assert (conn.local[0], conn.remote) == (CLIENT, (SERVER, port))
 
 
+def test_trace_shows_a_real_handshake_rtt(net: Lab) -> None:
+    """The SYN-ACK is often read in the same loop turn the SYN went out: still stamped apart."""
+    from tcpscapy.trace import handshake_rtt
+
+    port = kernel_server(net, "server", SERVER)
+    with net.enter("client"):
+        conn = tcpscapy.connect(SERVER, port, timeout=5)
+    with conn:
+        rtt = handshake_rtt(conn.trace)
+        assert rtt is not None and 0 < rtt < 0.5
+
+
 def test_options_we_leave_out_the_kernel_leaves_out(net: Lab) -> None:
     port = kernel_server(net, "server", SERVER)
     with net.enter("client"):
