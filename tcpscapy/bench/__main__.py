@@ -1,15 +1,16 @@
 """Run the benchmark figures, print a table with targets and ratios, write BENCHMARKS.md.
 
-    python -m tcpscapy.bench [--repeat N] [--quick] [--only TEXT ...] [--output FILE]
+    python -m tcpscapy.bench [--repeat N] [--quick] [--only TEXT ...] [--profile] [--output FILE]
 
 Wire figures run in a lab of their own (namespaces tsj*), removed at the end
-whatever happens. A full run writes BENCHMARKS.md; a run with --only or
---quick writes only when --output is given. Targets are goals, never asserted.
+whatever happens. A full run writes BENCHMARKS.md; a run with --only, --quick
+or --profile writes only when --output is given. Targets are goals, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime
 import operator
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import engine, memory, syncookies, wire
+from tcpscapy.bench import engine, memory, profiling, syncookies, wire
 from tcpscapy.bench.wire import Figure, Wire
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -57,6 +58,7 @@ TARGETS: dict[str, Target] = {
     memory.ENGINE_10K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_1K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_10K: Target("<=", 4096, "≤ 4 KB"),
+    memory.DRIVER_NO_TRACE_10K: Target("<=", 4096, "≤ 4 KB"),
 }
 RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("tcpscapy.connect() / kernel connect()", wire.CONNECT_TCPSCAPY, wire.CONNECT_KERNEL,
@@ -66,6 +68,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("sr1(SYN) / tcpscapy.connect()", wire.CONNECT_SR1, wire.CONNECT_TCPSCAPY, None),
     ("tcpscapy listener / kernel listener", wire.SERVER_TCPSCAPY, wire.SERVER_KERNEL, None),
     ("2 tcpscapy listener processes / 1", wire.SERVER_TCPSCAPY_2, wire.SERVER_TCPSCAPY, None),
+    ("2 processes fed only their port / 1", wire.SERVER_TCPSCAPY_2_OWN, wire.SERVER_TCPSCAPY,
+     None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
 ]
@@ -110,16 +114,30 @@ def select(figures: list[Figure], only: list[str]) -> list[Figure]:
     return picked
 
 
-def measure(figures: list[Figure], repeat: int, once: set[str]) -> list[Row]:
+def measure(figures: list[Figure], repeat: int, once: set[str], *,
+            profile: bool = False) -> list[Row]:
     rows = []
     for name, unit, fn in figures:
         began = time.monotonic()
         runs = 1 if name in once else repeat
-        samples = [fn() for _ in range(runs)]
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            fn()  # untimed: lazy set-up (the lab, its peers) stays out of the profile
+        samples = []
+        for _ in range(runs):
+            if prof is not None:
+                prof.enable()
+            try:
+                samples.append(fn())
+            finally:
+                if prof is not None:
+                    prof.disable()
         rows.append(Row(name, unit, samples))
         print(f"  {name}: {statistics.median(samples):,.1f} {unit} "
               f"({runs} run{'s' * (runs > 1)}, {time.monotonic() - began:.1f} s)",
               file=sys.stderr, flush=True)
+        if prof is not None:
+            print(profiling.report(prof), file=sys.stderr, flush=True)
     return rows
 
 
@@ -192,6 +210,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="only figures whose name contains TEXT (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile each figure in this process: time by layer, top "
+                             "functions (slows the figures: use with --only)")
     parser.add_argument("--output", type=Path,
                         help="markdown file to write (default BENCHMARKS.md on a full run)")
     args = parser.parse_args(argv)
@@ -208,7 +229,8 @@ def all_figures(w: Wire, quick: bool) -> list[Figure]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     repeat = args.repeat or (2 if args.quick else 5)
-    output = args.output or (None if args.only or args.quick else Path("BENCHMARKS.md"))
+    partial = args.only or args.quick or args.profile
+    output = args.output or (None if partial else Path("BENCHMARKS.md"))
     signal.signal(signal.SIGTERM, _stop)
     with Wire(wire.QUICK if args.quick else wire.FULL) as w:
         figures = select(all_figures(w, args.quick), args.only)
@@ -217,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         print(f"tcpscapy benchmarks: {len(figures)} figures, {repeat} runs each",
               file=sys.stderr)
-        rows = measure(figures, repeat, memory.DETERMINISTIC)
+        rows = measure(figures, repeat, memory.DETERMINISTIC, profile=args.profile)
         notes = dict(w.notes)
     text = report(rows, repeat, args.quick, notes)
     print(text)

@@ -33,6 +33,7 @@ ENGINE_1K = "memory: engine, per idle connection at 1,000"
 ENGINE_10K = "memory: engine, per idle connection at 10,000"
 DRIVER_1K = "memory: driver (listener RSS), per idle connection at 1,000"
 DRIVER_10K = "memory: driver (listener RSS), per idle connection at 10,000"
+DRIVER_NO_TRACE_10K = "memory: driver with trace_limit=0, per idle connection at 10,000"
 DETERMINISTIC = {ENGINE_1K, ENGINE_10K}  # the same bytes every run: measured once
 
 
@@ -86,9 +87,10 @@ def engine_bytes_per_connection(n: int) -> float:
     return held / n
 
 
-def driver_bytes_per_connection(wire: Wire, n: int) -> float:
-    """VmRSS growth of a tcpscapy listener process per idle connection from kernel clients."""
-    holder = wire.holder()
+def driver_bytes_per_connection(wire: Wire, n: int, trace_limit: int | None = None) -> float:
+    """VmRSS growth of a tcpscapy listener process per idle connection from kernel clients
+    (its connections keep `trace_limit` trace entries; None: the library's default)."""
+    holder = wire.holder(trace_limit)
     port = int(holder.ready["port"])
     client = wire.client
     try:
@@ -122,4 +124,6 @@ def figures(wire: Wire, *, quick: bool = False) -> list[Figure]:
     if not quick:
         figs[1:1] = [(ENGINE_10K, "bytes", lambda: engine_bytes_per_connection(10_000))]
         figs.append((DRIVER_10K, "bytes", lambda: driver_bytes_per_connection(wire, 10_000)))
+        figs.append((DRIVER_NO_TRACE_10K, "bytes",
+                     lambda: driver_bytes_per_connection(wire, 10_000, trace_limit=0)))
     return figs

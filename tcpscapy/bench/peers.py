@@ -9,10 +9,13 @@ line on stdin with one JSON line, and exits at EOF. Roles:
   accepts and closes; `discard` reads to EOF and closes; `sink` reads to EOF,
   answers the byte count (8 bytes) and closes; `source` reads an 8-byte size and
   sends that many bytes. Ready line: their ports.
-- `tcpscapy-server ADDR`: tcpscapy.listen() in an accept+close loop. Requests
-  get {"accepted", "cpu"} (this process's CPU seconds).
-- `tcpscapy-holder ADDR`: tcpscapy.listen() that keeps every connection it
-  accepts, idle. Requests get {"held", "rss_kb"}.
+- `tcpscapy-server ADDR [own-port]`: tcpscapy.listen() in an accept+close loop.
+  Requests get {"accepted", "cpu" (this process's CPU seconds), "received",
+  "foreign" (segments its loop decoded for itself, for other ports)}. With
+  `own-port`, its packet sockets see only its own port's segments, as the
+  kernel's fan-out (PACKET_FANOUT_HASH) would hand each worker only its flows.
+- `tcpscapy-holder ADDR [TRACE_LIMIT]`: tcpscapy.listen() that keeps every
+  connection it accepts, idle. Requests get {"held", "rss_kb"}.
 - `client`: kernel and Scapy clients, driven by requests (see `Client`).
 
 Every loop is bounded: by the request's count, by socket timeouts, and by the
@@ -26,6 +29,7 @@ import json
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -183,10 +187,13 @@ def kernel_servers(addr: str) -> None:
     _serve_requests(lambda _: ports)
 
 
-def tcpscapy_server(addr: str) -> None:
+def tcpscapy_server(addr: str, feed: str = "all") -> None:
     import tcpscapy.errors
+    from tcpscapy.io.driver import default_driver
 
     listener = tcpscapy.listen(0, addr, backlog=4096)
+    if feed == "own-port":
+        _own_port_only(addr, listener.port)
     accepted = 0
 
     def loop() -> None:
@@ -198,7 +205,42 @@ def tcpscapy_server(addr: str) -> None:
 
     threading.Thread(target=loop, daemon=True).start()
     _reply({"port": listener.port})
-    _serve_requests(lambda _: {"accepted": accepted, "cpu": time.process_time()})
+    stats = default_driver().stats  # what the loop decoded: its own segments, and others'
+    _serve_requests(lambda _: {"accepted": accepted, "cpu": time.process_time(),
+                               "received": stats.received, "foreign": stats.foreign})
+
+
+def _port_filter(dst_ip: str, port: int) -> bytes:
+    """Classic BPF for Ethernet frames: `ip and tcp and dst host DST_IP and dst port PORT`."""
+    from tcpscapy.io.rawsock import ETH_HLEN, ETH_P_IP, RECV_BUFFER
+
+    dst = int.from_bytes(socket.inet_aton(dst_ip), "big")
+    program = [
+        (0x28, 0, 0, 12),  # ldh [12]              EtherType
+        (0x15, 0, 8, ETH_P_IP),  # jeq IPv4, else drop
+        (0x30, 0, 0, ETH_HLEN + 9),  # ldb [23]    IP protocol
+        (0x15, 0, 6, socket.IPPROTO_TCP),  # jeq TCP, else drop
+        (0x20, 0, 0, ETH_HLEN + 16),  # ld [30]    IP destination
+        (0x15, 0, 4, dst),  # jeq DST_IP, else drop
+        (0xB1, 0, 0, ETH_HLEN),  # ldxb 4*([14]&0xf)  IP header length
+        (0x48, 0, 0, ETH_HLEN + 2),  # ldh [x+16] TCP destination port
+        (0x15, 0, 1, port),  # jeq PORT, else drop
+        (0x06, 0, 0, RECV_BUFFER),  # ret: keep
+        (0x06, 0, 0, 0),  # ret 0: drop
+    ]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+def _own_port_only(addr: str, port: int) -> None:
+    """Narrow the driver's packet sockets to one port (an experiment: reads the driver's
+    private reader list; the filter belongs to the socket, so a dup of its fd sets it)."""
+    from tcpscapy.io.driver import default_driver
+    from tcpscapy.io.rawsock import _attach_filter
+
+    drv = default_driver()
+    for link in drv._reader_list:
+        with socket.socket(fileno=os.dup(link.fileno())) as sock:
+            _attach_filter(sock, _port_filter(addr, port))
 
 
 def _rss_kb() -> int:
@@ -206,10 +248,11 @@ def _rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def tcpscapy_holder(addr: str) -> None:
+def tcpscapy_holder(addr: str, trace_limit: str = "default") -> None:
     import tcpscapy.errors
 
-    listener = tcpscapy.listen(0, addr, backlog=65535)
+    options = {} if trace_limit == "default" else {"trace_limit": int(trace_limit)}
+    listener = tcpscapy.listen(0, addr, backlog=65535, **options)
     held: list[Any] = []
 
     def loop() -> None:

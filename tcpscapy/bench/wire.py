@@ -5,6 +5,9 @@ first use and removed by `Wire.close()`. The server host runs kernel listeners
 and tcpscapy listeners as separate processes (tcpscapy.bench.peers); the client
 host runs a client peer for the kernel's and Scapy's clients, while tcpscapy's
 own client runs in this process, its thread moved into the client namespace.
+Before each figure, whatever it does not use is stopped: an idle tcpscapy
+process in the lab still decodes every frame on its link and would take CPU
+from the figure (`Wire._only`).
 
 Each figure function returns one sample; the runner repeats it.
 """
@@ -35,6 +38,7 @@ CONNECT_SR1 = "client handshake: Scapy sr1(SYN)"
 SERVER_TCPSCAPY = "server: tcpscapy.listen() accept+close"
 SERVER_KERNEL = "server: kernel listener accept+close"
 SERVER_TCPSCAPY_2 = "server: 2 tcpscapy.listen() processes, 2 ports"
+SERVER_TCPSCAPY_2_OWN = "server: 2 tcpscapy.listen() processes, each fed only its port"
 SERVER_CPU = "server: tcpscapy listener CPU per handshake"
 BULK_SEND = "bulk: tcpscapy.connect() sends to a kernel sink"
 BULK_RECV = "bulk: tcpscapy.connect() receives from a kernel source"
@@ -66,7 +70,9 @@ class Wire:
         self._lab: Lab | None = None
         self._peers: list[Peer] = []
         self._kernel_ports: dict[str, int] = {}
-        self._tcpscapy_servers: list[Peer] = []
+        self._servers: list[Peer] = []  # tcpscapy listener processes now running
+        self._servers_config: tuple[int, str] = (0, "all")  # (how many, feed)
+        self._client_driver = False  # this process has a tcpscapy driver in the client host
         self._client: Peer | None = None
         self.notes: dict[str, str] = {}  # facts seen while measuring, for BENCHMARKS.md
 
@@ -104,24 +110,48 @@ class Wire:
         _ = self.lab
         return self._kernel_ports[mode]
 
-    def tcpscapy_servers(self, n: int) -> list[Peer]:
-        """`n` tcpscapy accept+close listeners (processes), started on first use."""
-        while len(self._tcpscapy_servers) < n:
-            peer = Peer(self.lab, "server", "tcpscapy-server", self.server_addr)
-            self._tcpscapy_servers.append(self._start(peer))
-        return self._tcpscapy_servers[:n]
+    def tcpscapy_servers(self, n: int = 1, feed: str = "all") -> list[Peer]:
+        """Exactly `n` tcpscapy accept+close listener processes with this `feed` ("own-port"
+        narrows each one's packet sockets to its port, see peers); others are stopped."""
+        self._only(servers=(n, feed))
+        return self._servers
 
-    def tcpscapy_ports(self, n: int) -> list[int]:
-        return [int(peer.ready["port"]) for peer in self.tcpscapy_servers(n)]
+    def tcpscapy_ports(self, n: int = 1, feed: str = "all") -> list[int]:
+        return [int(peer.ready["port"]) for peer in self.tcpscapy_servers(n, feed)]
 
-    def holder(self) -> Peer:
-        """A fresh tcpscapy listener process that keeps every connection (memory figures)."""
-        return self._start(Peer(self.lab, "server", "tcpscapy-holder", self.server_addr))
+    def holder(self, trace_limit: int | None = None) -> Peer:
+        """A fresh tcpscapy listener process that keeps every connection (memory figures);
+        its connections keep `trace_limit` trace entries (None: the library's default)."""
+        self._only()
+        limit = "default" if trace_limit is None else str(trace_limit)
+        return self._start(Peer(self.lab, "server", "tcpscapy-holder", self.server_addr, limit))
+
+    def _only(self, *, servers: tuple[int, str] = (0, "all"), client: bool = False) -> None:
+        """Leave running only what a figure uses: an idle tcpscapy process in the lab
+        still decodes every frame on its link, and would steal the figure's CPU."""
+        if self._servers_config != servers:
+            for peer in self._servers:
+                peer.stop()
+            self._servers = []
+            self._servers_config = (0, "all")
+            n, feed = servers
+            for _ in range(n):
+                peer = Peer(self.lab, "server", "tcpscapy-server", self.server_addr, feed)
+                self._servers.append(self._start(peer))
+            self._servers_config = servers
+        if not client and self._client_driver:
+            with self.lab.enter("client"):
+                close_all(linger=0)
+            self._client_driver = False
 
     @contextmanager
-    def in_client(self) -> Iterator[None]:
-        """Run the block in the client host (this thread only)."""
+    def in_client(self, *, tcpscapy_driver: bool = False) -> Iterator[None]:
+        """Run the block in the client host (this thread only); `tcpscapy_driver` if it
+        uses tcpscapy there (its driver then stays open for the next such figure)."""
+        self._only(client=tcpscapy_driver)
         with self.lab.enter("client"):
+            if tcpscapy_driver:
+                self._client_driver = True
             yield
 
     def close(self) -> None:
@@ -136,7 +166,9 @@ class Wire:
                 close_all(linger=0)
         finally:
             self._peers.clear()
-            self._tcpscapy_servers.clear()
+            self._servers.clear()
+            self._servers_config = (0, "all")
+            self._client_driver = False
             lab.down()
 
     def __enter__(self) -> Wire:
@@ -151,7 +183,7 @@ class Wire:
         """Median µs of tcpscapy.connect() (each then aborted) to a kernel listener."""
         host, port = self.server_addr, self.kernel_port("close")
         samples = []
-        with self.in_client():
+        with self.in_client(tcpscapy_driver=True):
             for i in range(WARMUP + self.sizes.handshakes):
                 began = time.perf_counter()
                 conn = tcpscapy.connect(host, port, timeout=5)
@@ -177,6 +209,7 @@ class Wire:
         return statistics.median(samples) * 1e6
 
     def _scapy_us(self, op: str) -> float:
+        self._only()
         answer = self.client.ask(op=op, host=self.server_addr, port=self.kernel_port("discard"),
                                  count=self.sizes.scapy_handshakes)
         return float(statistics.median(answer["samples"])) * 1e6
@@ -206,12 +239,18 @@ class Wire:
         return self._cycles_per_second(self.tcpscapy_ports(1))
 
     def kernel_server_per_second(self) -> float:
+        self._only()
         return self._cycles_per_second([self.kernel_port("close")])
 
     def tcpscapy_two_servers_per_second(self) -> float:
         """Two listener processes on two ports, the clients spread over both: what two
         cores give without the kernel's fan-out (each process still reads every packet)."""
         return self._cycles_per_second(self.tcpscapy_ports(2))
+
+    def tcpscapy_two_own_servers_per_second(self) -> float:
+        """As above, each process seeing only its own port's packets: the most that
+        `listen --workers 2` over PACKET_FANOUT_HASH could give on this machine."""
+        return self._cycles_per_second(self.tcpscapy_ports(2, "own-port"))
 
     def tcpscapy_server_cpu_us(self) -> float:
         """CPU µs the tcpscapy listener process spends per accepted handshake.
@@ -241,7 +280,7 @@ class Wire:
     def tcpscapy_send_mb_s(self) -> float:
         """MB/s of tcpscapy.connect() sending to a kernel sink (until it reports the count)."""
         data, size = self._payload(), self.sizes.bulk
-        with self.in_client():
+        with self.in_client(tcpscapy_driver=True):
             conn = tcpscapy.connect(self.server_addr, self.kernel_port("sink"), timeout=5)
             try:
                 began = time.perf_counter()
@@ -262,7 +301,7 @@ class Wire:
     def tcpscapy_recv_mb_s(self) -> float:
         """MB/s of tcpscapy.connect() receiving from a kernel source (until its FIN)."""
         size = self.sizes.bulk
-        with self.in_client():
+        with self.in_client(tcpscapy_driver=True):
             conn = tcpscapy.connect(self.server_addr, self.kernel_port("source"), timeout=5)
             try:
                 began = time.perf_counter()
@@ -310,6 +349,7 @@ class Wire:
             (SERVER_TCPSCAPY, "handshakes/s", self.tcpscapy_server_per_second),
             (SERVER_KERNEL, "handshakes/s", self.kernel_server_per_second),
             (SERVER_TCPSCAPY_2, "handshakes/s", self.tcpscapy_two_servers_per_second),
+            (SERVER_TCPSCAPY_2_OWN, "handshakes/s", self.tcpscapy_two_own_servers_per_second),
             (SERVER_CPU, "CPU µs", self.tcpscapy_server_cpu_us),
             (BULK_SEND, "MB/s", self.tcpscapy_send_mb_s),
             (BULK_RECV, "MB/s", self.tcpscapy_recv_mb_s),
