@@ -30,6 +30,7 @@ import tcpscapy
 from tcpscapy import errors
 from tcpscapy.core.config import Config
 from tcpscapy.core.isn import initial_sequence_number
+from tcpscapy.core.options import Options
 from tcpscapy.core.segment import ACK, PSH, RST, SYN, Segment
 from tcpscapy.core.syncookies import derive_keys
 from tcpscapy.core.tfo import derive_key as tfo_key
@@ -167,6 +168,33 @@ def test_blind_in_window_injection_gets_challenge_acks_and_the_connection_surviv
         spoofer.send(spoofed(engine.rcv_nxt, RST))
         with pytest.raises(errors.ConnectionReset):
             conn.recv(timeout=5)
+
+
+@pytest.mark.xfail(strict=True, reason="core updates TS.Recent from a segment before its ACK "
+                   "is validated: one forged in-window TSval stalls the connection (reported)")
+def test_a_forged_tsval_with_an_unacceptable_ack_does_not_poison_paws(net: Lab) -> None:
+    """RFC 5961 §5 drops in-window data with a bad ACK, but TS.Recent is taken from it first
+    (connection.py, before the ACK check; Linux fixed the same in 2013, "tcp_replace_ts_recent()
+    should not be called from tcp_validate_incoming()"). Every genuine segment then looks
+    older than TS.Recent and PAWS drops it: the connection can no longer receive."""
+    port = kernel_server(net, "echo")
+    with net.enter("client"):
+        conn = tcpscapy.connect(SERVER, port, timeout=10)
+    conn.sendall(b"hello")
+    assert recv_exactly(conn, 5) == b"hello"
+    time.sleep(0.3)  # our delayed ACK has gone out: RCV.NXT is Last.ACK.sent
+    engine = conn.engine
+    before = engine.ts_recent
+    forged = Segment(SERVER, CLIENT, port, conn.local[1], engine.rcv_nxt,
+                     (engine.snd_nxt + (1 << 30)) & MASK, PSH | ACK, 8192,
+                     Options(timestamps=((before + (1 << 30)) & MASK, 0)), b"X")
+    spoofer = Spoofer(net, CLIENT)
+    with spoofer.link:
+        spoofer.send(forged)
+        assert answer_to(conn, forged) is not None  # it arrived and was answered (an ACK)
+    conn.sendall(b"again")
+    assert conn.recv(timeout=3) == b"again"
+    assert engine.ts_recent != (before + (1 << 30)) & MASK
 
 
 # -- initial sequence numbers -------------------------------------------------------------

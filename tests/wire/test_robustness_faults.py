@@ -144,12 +144,16 @@ def test_handshakes_and_5mb_both_ways_survive_random_loss(net: Lab, loss: float)
     for host in ("client", "server"):  # both directions
         switch_iptables(net, "-A", "FORWARD", "-s", net.addr(host), "-m", "statistic",
                         "--mode", "random", "--probability", str(loss), "-j", "DROP")
-    # The kernel's RTO floor is 200 ms; this lab's links are fast, so let it retransmit sooner.
+    # The kernel's RTO floor is 200 ms and its ceiling 120 s; this lab's links are fast, so
+    # let both ends retransmit sooner, and cap the back-off: at 30 % loss a segment and its
+    # ACK fail together half the time, and ten failures in a row would otherwise mean a
+    # minute of silence.
     net.run("server", ["ip", "route", "replace", "10.77.0.0/24", "dev", "eth0", "rto_min", "5ms"],
             check=True)
+    net.sysctl("server", "net.ipv4.tcp_rto_max_ms", "1000")
     start_peer(net, "echo")
     port = PORT
-    options = {"rto": 0.05, "rto_min": 0.01}
+    options = {"rto": 0.05, "rto_min": 0.01, "rto_max": 1.0, "retries": 30, "data_retries": 60}
     started = time.monotonic()
     syns = []
     # Each handshake from its own port: an aborted 4-tuple whose RST was lost is still
