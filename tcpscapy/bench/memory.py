@@ -8,7 +8,8 @@
 - Driver: a tcpscapy listener process in the lab's server host keeps every
   connection it accepts; kernel clients in the client host open N of them and
   stay idle. The listener's VmRSS growth over the N (after a warm-up of
-  WARMUP connections) divided by N: engine, Endpoint, trace, everything.
+  WARMUP connections) divided by N: engine, Endpoint, trace, everything; once
+  more with trace_limit=0, to show what the per-connection trace costs.
 """
 
 from __future__ import annotations
