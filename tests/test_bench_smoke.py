@@ -16,7 +16,7 @@ import pytest
 from tcpscapy.bench import __main__ as runner
 from tcpscapy.bench import engine, memory, syncookies, wire
 from tcpscapy.bench.wire import Sizes, Wire
-from tcpscapy.lab import Lab
+from tcpscapy.lab import Lab, LabNeedsRoot
 
 TINY = Sizes(handshakes=3, scapy_handshakes=1, cycles=20, bulk=300_000)
 WIRE_NAMES = [name for name, _, _ in Wire(TINY).figures()]
@@ -89,6 +89,17 @@ def test_list_needs_no_lab(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.splitlines() == [n for n, _, _ in engine.FIGURES]
 
 
+def test_a_lab_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Lab, sysctls: object = ()) -> Lab:
+        raise LabNeedsRoot("the lab needs root: network namespaces require CAP_SYS_ADMIN")
+
+    monkeypatch.setattr(Lab, "up", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--only", "kernel connect", "--repeat", "1"])
+    assert str(exit_.value) == ("tcpscapy bench: LabNeedsRoot: the lab needs root: "
+                                "network namespaces require CAP_SYS_ADMIN")
+
+
 # -- on the wire (root) ------------------------------------------------------------------
 
 
@@ -105,6 +116,21 @@ def bench_wire() -> Iterator[Wire]:
 def test_wire_figures_give_positive_numbers(name: str, bench_wire: Wire) -> None:
     (fn,) = [f for n, _, f in bench_wire.figures() if n == name]
     _positive(fn())
+
+
+@pytest.mark.wire
+@pytest.mark.parametrize(("feed", "sees_others"), [("all", True), ("own-port", False)])
+def test_fan_out_stand_in_feeds_each_listener_only_its_port(
+        feed: str, sees_others: bool, bench_wire: Wire) -> None:
+    servers = bench_wire.tcpscapy_servers(2, feed)
+    before = [server.ask() for server in servers]
+    bench_wire.client.ask(op="cycles", host=bench_wire.server_addr,
+                          ports=bench_wire.tcpscapy_ports(2, feed), count=20, threads=2)
+    for server, was in zip(servers, before, strict=True):
+        now = server.ask()
+        seen = {key: now[key] - was[key] for key in ("accepted", "received", "foreign")}
+        assert seen["accepted"] == 10 and seen["received"] >= 30, seen  # SYN, ACK, FIN, ACK
+        assert (seen["foreign"] > 0) is sees_others, seen
 
 
 @pytest.mark.wire

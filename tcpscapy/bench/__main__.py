@@ -24,9 +24,15 @@ from pathlib import Path
 from types import FrameType
 
 from tcpscapy.bench import engine, memory, profiling, syncookies, wire
+from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
+from tcpscapy.errors import TcpscapyError
+from tcpscapy.lab import LabError
+from tcpscapy.netns import NeedsRoot
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# What a run can meet that is no bug of the benchmark: told in one line, no traceback.
+FAILURES = (LabError, NeedsRoot, PeerError, TcpscapyError, RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         print(f"tcpscapy benchmarks: {len(figures)} figures, {repeat} runs each",
               file=sys.stderr)
-        rows = measure(figures, repeat, memory.DETERMINISTIC, profile=args.profile)
+        try:
+            rows = measure(figures, repeat, memory.DETERMINISTIC, profile=args.profile)
+        except FAILURES as exc:  # the lab cannot be built, a peer died, a transfer fell short
+            raise SystemExit(f"tcpscapy bench: {type(exc).__name__}: {exc}") from None
         notes = dict(w.notes)
     text = report(rows, repeat, args.quick, notes)
     print(text)

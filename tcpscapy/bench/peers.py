@@ -1,6 +1,6 @@
 """The programs a wire benchmark runs inside the lab's hosts, one process each.
 
-    ip netns exec HOST python -m tcpscapy.bench.peers ROLE ADDR   (via `Peer.start`)
+    ip netns exec HOST python -m tcpscapy.bench.peers ROLE [ARGS]   (started by `Peer`)
 
 A peer prints one JSON line when it is ready, then answers each JSON request
 line on stdin with one JSON line, and exits at EOF. Roles:
@@ -66,7 +66,10 @@ class Peer:
         assert out is not None
         line = _readline(out, ANSWER_TIMEOUT)
         if not line:
-            raise PeerError(f"benchmark peer {self.role} exited (code {self.proc.poll()})")
+            code = self.proc.poll()
+            why = f"did not answer in {ANSWER_TIMEOUT:g} s" if code is None else \
+                f"exited (code {code})"
+            raise PeerError(f"benchmark peer {self.role} {why}")
         answer: Json = json.loads(line)
         if "error" in answer:
             raise PeerError(f"benchmark peer {self.role}: {answer['error']}")
@@ -87,8 +90,8 @@ class Peer:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                self.proc.wait(5)
+                self.proc.kill()
+                self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

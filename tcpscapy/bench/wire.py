@@ -83,10 +83,11 @@ class Wire:
         """The lab, built (with its kernel servers and client peer) on first use."""
         if self._lab is None:
             lab = Lab(f"tsj{secrets.token_hex(3)}")
-            self._lab = lab
             # Room for the 10,000 idle connections of the memory figure and every
-            # TIME-WAIT the handshake figures leave in the client host.
+            # TIME-WAIT the handshake figures leave in the client host. A failed
+            # up() removes what it made itself.
             lab.up(sysctls=[("client", "net.ipv4.ip_local_port_range", "1024 65535")])
+            self._lab = lab
             servers = self._start(Peer(lab, "server", "kernel-servers", self.server_addr))
             self._kernel_ports = {k: int(v) for k, v in servers.ready.items()}
             self._client = self._start(Peer(lab, "client", "client"))
@@ -162,8 +163,9 @@ class Wire:
         try:
             for peer in self._peers:
                 peer.stop()
-            with lab.enter("client"):
-                close_all(linger=0)
+            if self._client_driver:
+                with lab.enter("client"):
+                    close_all(linger=0)
         finally:
             self._peers.clear()
             self._servers.clear()
