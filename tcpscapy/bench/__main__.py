@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
-import operator
 import os
 import platform
 import signal
@@ -42,7 +41,7 @@ class Target:
     text: str
 
     def met(self, x: float) -> bool:
-        return (operator.le if self.op == "<=" else operator.ge)(x, self.value)
+        return x <= self.value if self.op == "<=" else x >= self.value
 
 
 def _name_of(fn: object, figures: list[Figure]) -> str:

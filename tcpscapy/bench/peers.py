@@ -254,7 +254,7 @@ def _rss_kb() -> int:
 def tcpscapy_holder(addr: str, trace_limit: str = "default") -> None:
     import tcpscapy.errors
 
-    options = {} if trace_limit == "default" else {"trace_limit": int(trace_limit)}
+    options: dict[str, Any] = {} if trace_limit == "default" else {"trace_limit": int(trace_limit)}
     listener = tcpscapy.listen(0, addr, backlog=65535, **options)
     held: list[Any] = []
 
@@ -374,7 +374,7 @@ def scapy_tcplink(host: str, port: int, count: int) -> list[float]:
     try:
         for _ in range(count + 1):  # the first one warms Scapy up and is not kept
             began = time.perf_counter()
-            link = TCP_client.tcplink(Raw, host, port)
+            link = TCP_client.tcplink(Raw, host, port)  # type: ignore[attr-defined]
             try:
                 while link.atmt.state.state != "ESTABLISHED":
                     if time.perf_counter() - began > SOCKET_TIMEOUT:

@@ -265,7 +265,7 @@ class Wire:
         clients = self._cycles(self.tcpscapy_ports(1))
         after, idle_after = server.ask(), _cpu_idle()
         handshakes = after["accepted"] - before["accepted"]
-        listener_us = (after["cpu"] - before["cpu"]) / handshakes * 1e6
+        listener_us = float(after["cpu"] - before["cpu"]) / handshakes * 1e6
         wall = float(clients["seconds"])
         busy = 1 - (idle_after - idle_before) / (wall * (os.cpu_count() or 1))
         self.notes["server CPU"] = (
