@@ -264,7 +264,7 @@ class Wire:
         before, idle_before = server.ask(), _cpu_idle()
         clients = self._cycles(self.tcpscapy_ports(1))
         after, idle_after = server.ask(), _cpu_idle()
-        handshakes = after["accepted"] - before["accepted"]
+        handshakes = int(after["accepted"] - before["accepted"])
         listener_us = float(after["cpu"] - before["cpu"]) / handshakes * 1e6
         wall = float(clients["seconds"])
         busy = 1 - (idle_after - idle_before) / (wall * (os.cpu_count() or 1))
