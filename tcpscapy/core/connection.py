@@ -438,9 +438,6 @@ class Connection(SenderMixin):
                     self._enter_time_wait(now)  # the peer's FIN again: restart 2 MSL
                 self._send_ack_now()
             return
-        if ts is not None and seq_ge(ts[0], self.ts_recent) \
-                and seq_le(seg.seq, self._last_ack_sent):
-            self.ts_recent = ts[0]  # RFC 7323 §4.3
         # second: RST, RFC 5961 §3.2: only an exact match resets; in-window gets a challenge ACK.
         if flags & RST:
             if original_seq != self.rcv_nxt:  # the sequence number as sent, not as trimmed
@@ -462,6 +459,11 @@ class Connection(SenderMixin):
             return
         if not self._process_ack(seg, now):
             return
+        # RFC 7323 §4.3, only now that the ACK is acceptable (as Linux since 2013): a forged
+        # in-window segment with a bad ACK must not move TS.Recent and poison PAWS.
+        if ts is not None and seq_ge(ts[0], self.ts_recent) \
+                and seq_le(original_seq, self._last_ack_sent):
+            self.ts_recent = ts[0]
         if self._state is State.CLOSED:
             return
         # sixth to eighth: URG is ignored; text; FIN.

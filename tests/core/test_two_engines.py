@@ -15,6 +15,7 @@ from tcpscapy.core import (
     DataReceived,
     Event,
     LocalProtocolError,
+    Options,
     PeerClosed,
     Reset,
     Segment,
@@ -479,3 +480,18 @@ def test_no_window_update_after_the_peers_fin() -> None:
     conn.data_consumed(4096)  # the app reads it all after the FIN
     net.run(timeout=1)
     assert [s for s in net.sent()[start:] if s.src == A] == []
+
+
+def test_a_forged_tsval_with_a_bad_ack_does_not_poison_paws() -> None:
+    net, conn, peer = connected()
+    conn.send(b"hello")
+    net.run(timeout=1)
+    before = peer.ts_recent
+    forged_ts = (before + (1 << 30)) % 2**32
+    forged = Segment(A, B, 40000, 80, peer.rcv_nxt, (peer.snd_nxt + (1 << 30)) % 2**32,
+                     ACK | 0x08, 8192, Options(timestamps=(forged_ts, 0)), b"X")
+    net.hosts[B].receive(forged, net.now)  # in window, but acks what was never sent
+    assert peer.ts_recent == before
+    conn.send(b"again")
+    net.run(timeout=1)
+    assert received(events(peer)) == b"helloagain"

@@ -170,13 +170,11 @@ def test_blind_in_window_injection_gets_challenge_acks_and_the_connection_surviv
             conn.recv(timeout=5)
 
 
-@pytest.mark.xfail(strict=True, reason="core updates TS.Recent from a segment before its ACK "
-                   "is validated: one forged in-window TSval stalls the connection (reported)")
 def test_a_forged_tsval_with_an_unacceptable_ack_does_not_poison_paws(net: Lab) -> None:
-    """RFC 5961 §5 drops in-window data with a bad ACK, but TS.Recent is taken from it first
-    (connection.py, before the ACK check; Linux fixed the same in 2013, "tcp_replace_ts_recent()
-    should not be called from tcp_validate_incoming()"). Every genuine segment then looks
-    older than TS.Recent and PAWS drops it: the connection can no longer receive."""
+    """RFC 5961 §5 drops in-window data with a bad ACK; TS.Recent must not be taken from it
+    (Linux fixed the same in 2013, "tcp_replace_ts_recent() should not be called from
+    tcp_validate_incoming()"), or every genuine segment would then look older than TS.Recent
+    and PAWS would drop it: the connection could no longer receive."""
     port = kernel_server(net, "echo")
     with net.enter("client"):
         conn = tcpscapy.connect(SERVER, port, timeout=10)
