@@ -39,6 +39,11 @@ class Recovery(Enum):
 class SenderMixin:
     """Sending state and logic; `self` is always a Connection."""
 
+    __slots__ = ("_dupacks", "_force_retransmit", "_keepalive_due", "_keepalive_probes",
+                 "_lost_upto", "_persist_backoff", "_persist_due", "_recover", "_rtx_nxt",
+                 "_scoreboard", "_stalled_since", "cwnd", "recovery", "retransmissions",
+                 "ssthresh")
+
     def _init_sender(self: Connection) -> None:
         self.cwnd = 0
         self.ssthresh = 1 << 30

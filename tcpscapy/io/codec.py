@@ -309,11 +309,17 @@ def from_scapy(pkt: Packet) -> Segment:
     Options are the bytes Scapy puts on the wire (for a dissected, unmodified
     packet: the bytes it read), parsed with `parse_options`, so the result
     matches `decode(bytes(pkt))` even where Scapy's own option list is lossy.
-    Raises ValueError if the packet has no IPv4 or no TCP layer.
+    Where Scapy could not dissect the TCP header (it leaves an IP packet with
+    protocol 6 and a Raw payload, e.g. for a malformed TCP-AO option), our own
+    decoder reads the bytes. Raises ValueError if there is no IPv4/TCP to read.
     """
     from scapy.layers.inet import IP, TCP
     from scapy.packet import Padding
 
+    if IP in pkt and TCP not in pkt and pkt[IP].proto == IPPROTO_TCP:
+        seg = decode(bytes(pkt[IP]), verify_checksum=False)
+        if seg is not None:
+            return seg
     if IP not in pkt or TCP not in pkt:
         raise ValueError(f"not an IPv4/TCP packet: {pkt.summary()}")
     ip, tcp = pkt[IP], pkt[TCP]

@@ -109,6 +109,12 @@ def test_from_scapy_agrees_with_decode(seg: Segment) -> None:
     assert from_scapy(IP(wire)) == seg  # dissected, including Scapy-lossy option kinds
 
 
+def test_from_scapy_reads_what_scapy_could_not_dissect() -> None:
+    """Scapy 2.8 gives up on a 1-byte kind-29 (TCP-AO) option and leaves Raw; we still read it."""
+    seg = Segment("0.0.0.0", "0.0.0.0", 0, 0, 0, 0, 0, 0, Options(unknown=((29, b"\x00"),)))
+    assert from_scapy(IP(encode(seg))) == seg
+
+
 def test_from_scapy_ignores_link_padding() -> None:
     seg = Segment("10.0.0.1", "10.0.0.2", 1, 2, 3, 4, PSH | ACK, 5, payload=b"hi")
     padded = encode(seg) + bytes(12)
