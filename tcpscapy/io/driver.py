@@ -115,6 +115,10 @@ class PortUse:
     reservation: ReservationLike
     listening: bool
     refs: int = 0
+    # The peer a warm client port last talked to, and whether that ended in a reset:
+    # our RST may have been lost, so the peer may still hold that 4-tuple open.
+    last_remote: Address | None = None
+    last_reset: bool = False
 
 
 class Endpoint:
@@ -284,7 +288,7 @@ class Driver:
         config = self._config(config)
         if mss_from_mtu:
             config = self._fit_mss(config, [link])
-        port = self._client_port(local_ip, sport)
+        port = self._client_port(local_ip, sport, remote)
         with self._lock:
             try:
                 self._check_open()
@@ -676,6 +680,8 @@ class Driver:
             elif self._eps.get(ep.key) is ep:
                 self._finished.append(ep)  # still in the engine until its next flush
                 continue
+            ep.port.last_remote = ep.conn.remote
+            ep.port.last_reset = ep.conn.close_cause in ("aborted", "reset", "refused")
             self._unref(ep.port)
 
     def _notify(self) -> None:
@@ -847,8 +853,14 @@ class Driver:
         self._selector.register(link.fileno(), selectors.EVENT_READ, link)
         return True
 
-    def _client_port(self, ip: str, sport: int | None) -> PortUse:
-        """A local port for an active open: a warm one, the one asked for, or a new one."""
+    def _client_port(self, ip: str, sport: int | None, remote: Address) -> PortUse:
+        """A local port for an active open: a warm one, the one asked for, or a new one.
+
+        A warm port whose last connection to this same peer ended in a reset is
+        passed over: if our RST was lost, the peer still has that 4-tuple open and
+        would answer a new SYN on it with a challenge ACK (Linux picks another
+        port too).
+        """
         with self._lock:
             if sport:
                 use = self._ports.get((ip, sport))
@@ -860,8 +872,10 @@ class Driver:
                     return use
             else:
                 pool = self._warm.get(ip)
-                if pool:
-                    use = pool.popleft()
+                for use in list(pool or ()):
+                    if use.last_reset and use.last_remote == remote:
+                        continue
+                    pool.remove(use)  # type: ignore[union-attr]
                     use.refs = 1
                     return use
         use = self._hold_port(ip, sport or 0, listening=False)

@@ -196,13 +196,12 @@ def test_handshakes_and_5mb_both_ways_survive_random_loss(net: Lab, loss: float)
           f"{conn.engine.retransmissions} retransmissions of ours")
 
 
-@pytest.mark.xfail(strict=True, reason="driver reuses an aborted 4-tuple at once: a lost RST "
-                   "leaves the peer's side open and the next connect stalls (reported)")
 def test_reconnect_after_a_lost_rst(net: Lab) -> None:
     """abort() sends one RST; if it is lost (here: a middlebox drops our RSTs), the kernel
-    still holds the connection. The next connect() to that server picks the same warm
-    source port, so its SYNs hit the old connection and get only challenge ACKs, and it
-    times out. Linux's connect() would choose another port (RFC 6056) and succeed."""
+    still holds the connection. The next connect() to that server must not reuse that
+    source port (its SYNs would hit the old connection and get only challenge ACKs): the
+    driver passes over a warm port whose last connection to this peer ended in a reset,
+    as Linux's connect() picks another port (RFC 6056)."""
     bridge_filters(net)
     switch_iptables(net, "-A", "FORWARD", "-s", CLIENT, "-p", "tcp", "--tcp-flags", "RST",
                     "RST", "-j", "DROP")
