@@ -352,8 +352,10 @@ def test_bad_checksum_is_counted_not_fed(world: World) -> None:
 
 
 def test_client_ports_are_reused_from_the_warm_pool(world: World) -> None:
-    first = world.connect()
-    first.abort()
+    first = world.connect(msl=0.01)
+    first.close()
+    assert first.wait_closed(timeout=5)  # FIN exchange and a short TIME-WAIT
+    assert wait_until(lambda: bool(world.driver._warm.get(LOCAL)))  # the port is back
     second = world.connect()
     assert second.local == first.local
     assert len(world.ports.made) == 1
@@ -361,6 +363,14 @@ def test_client_ports_are_reused_from_the_warm_pool(world: World) -> None:
     third = world.connect()  # the pool is empty while `second` lives
     assert third.local[1] != second.local[1]
     assert len(world.guard.owned) == 2
+
+
+def test_a_port_whose_connection_was_reset_is_not_reused_for_that_peer(world: World) -> None:
+    first = world.connect()
+    first.abort()  # if our RST were lost, the peer would still hold this 4-tuple
+    second = world.connect()
+    assert second.local[1] != first.local[1]
+    assert len(world.ports.made) == 2
 
 
 def test_without_a_warm_pool_ports_are_released() -> None:
