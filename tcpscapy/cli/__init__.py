@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from tcpscapy import __version__
+from tcpscapy.cli._common import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tcpscapy")
 def main() -> None:
     """See and steer TCP segment by segment, from a user-space TCP endpoint."""

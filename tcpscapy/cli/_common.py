@@ -44,9 +44,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class _OneLineUsageError(click.UsageError):
     def show(self, file: Any = None) -> None:
-        name = self.ctx.command.name if self.ctx is not None else None
-        click.echo(f"tcpscapy {name or ''}".strip() + f": {self.format_message()} (see --help)",
-                   err=True)
+        names, ctx = [], self.ctx
+        while ctx is not None and ctx.parent is not None:  # the root is `tcpscapy` itself
+            names.append(ctx.command.name or "")
+            ctx = ctx.parent
+        click.echo(" ".join(["tcpscapy", *reversed(names)]) + f": {self.format_message()} "
+                   "(see --help)", err=True)
 
 
 class Command(click.Command):
@@ -59,6 +62,30 @@ class Command(click.Command):
         except _OneLineUsageError:
             raise
         except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
+
+
+class Group(click.Group):
+    """A click group with one-line usage errors, for itself and its subcommands."""
+
+    command_class = Command
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except _OneLineUsageError:
+            raise
+        except click.UsageError as exc:  # no such subcommand
             raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
 
 

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import click
 
+from tcpscapy.cli._common import Group
 from tcpscapy.io.iptables import GuardError, GuardRule, NotRootError, cleanup, status
 
 EXIT_NOT_ROOT = 4
@@ -27,7 +28,7 @@ def _run(action: Callable[[], _T]) -> _T:
         raise SystemExit(EXIT_ERROR) from None
 
 
-@click.group()
+@click.group(cls=Group)
 def guard() -> None:
     """The RST guard's iptables rules (NFQUEUE, tagged "tcpscapy pid=N")."""
 

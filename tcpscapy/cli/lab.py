@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from tcpscapy.cli._common import Group
 from tcpscapy.io import flood as floodlib
 from tcpscapy.io.flood import DEFAULT_COUNT, MAX_COUNT, MAX_DURATION
 from tcpscapy.lab import BRIDGE, HOSTS, Lab, LabError, LabNeedsRoot, LabUsageError
@@ -62,7 +63,7 @@ def _parse_sysctl(spec: str) -> tuple[str, str, str]:
     return host, key, value
 
 
-@click.group(epilog=_EXIT_CODES)
+@click.group(cls=Group, epilog=_EXIT_CODES)
 def lab() -> None:
     """Network-namespace lab: hosts client (10.77.0.1), server (10.77.0.2) and attacker
     (10.77.0.3) on one bridged link. Needs root."""

@@ -231,8 +231,6 @@ ONE_LINE_GAPS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="click's default usage errors in `lab` and `guard` "
-                   "are four lines (Usage/Try/blank/Error), unlike connect/listen (reported)")
 @pytest.mark.parametrize("args", ONE_LINE_GAPS, ids=[" ".join(a) for a in ONE_LINE_GAPS])
 def test_option_errors_of_lab_and_guard_are_one_line(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "tcpscapy", *args], capture_output=True,
