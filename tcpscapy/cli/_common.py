@@ -151,7 +151,8 @@ def parse_wscale(value: str | None) -> int | Literal[False] | None:
 
 def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
                    no_timestamps: bool, window: int | None, retries: int | None,
-                   rto: float | None) -> dict[str, Any]:
+                   rto: float | None, user_timeout: float | None = None,
+                   keepalive: float | None = None) -> dict[str, Any]:
     """Keyword options for tcpscapy.connect()/listen() from the shared CLI flags."""
     options: dict[str, Any] = {}
     scale = parse_wscale(wscale)
@@ -161,7 +162,8 @@ def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
         options["sack"] = False
     if no_timestamps:
         options["timestamps"] = False
-    for name, value in (("mss", mss), ("window", window), ("retries", retries), ("rto", rto)):
+    for name, value in (("mss", mss), ("window", window), ("retries", retries), ("rto", rto),
+                        ("user_timeout", user_timeout), ("keepalive", keepalive)):
         if value is not None:
             options[name] = value
     return options
@@ -181,6 +183,11 @@ def engine_option_flags(*, retries_help: str) -> Callable[[F], F]:
         click.option("--retries", type=click.IntRange(0, 100), metavar="N", help=retries_help),
         click.option("--rto", type=click.FloatRange(0.001, 3600, min_open=False),
                      metavar="SECONDS", help="Initial retransmission timeout (default 1 s)."),
+        click.option("--user-timeout", type=click.FloatRange(0.001, 86400), metavar="SECONDS",
+                     help="Give up when the peer acknowledges nothing for this long "
+                          "(RFC 5482; default: after the retransmissions run out)."),
+        click.option("--keepalive", type=click.FloatRange(0.001, 86400), metavar="SECONDS",
+                     help="Probe an idle peer after this long (default: off)."),
     ]
 
     def apply(func: F) -> F:

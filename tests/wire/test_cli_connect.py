@@ -215,6 +215,24 @@ def test_silent_host_times_out_with_exit_5_after_the_retries(net: Lab) -> None:
     assert elapsed < 5
 
 
+def test_user_timeout_ends_a_connection_whose_peer_went_silent(net: Lab) -> None:
+    port = kernel_server(net)
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "!", "--syn", "-j", "DROP",
+            "-m", "comment", "--comment", f"{net.prefix}-test"]  # the handshake, then silence
+    net.run("server", ["iptables", "-I", *rule], check=True)
+    try:
+        started = time.monotonic()
+        result = tcpscapy_run(net, "client", "connect", f"{SERVER}:{port}", "--send", "hello",
+                              "--rto", "0.2", "--user-timeout", "1.5", "--json")
+        elapsed = time.monotonic() - started
+    finally:
+        net.run("server", ["iptables", "-D", *rule], check=True)
+    assert result.returncode == 5
+    objs = json_objects(result.stderr)
+    assert objs[-1]["type"] == "error" and "user timeout" in objs[-1]["message"]
+    assert 1.4 < elapsed < 10
+
+
 def test_connect_timeout_option_gives_up_early(net: Lab) -> None:
     port = kernel_server(net)
     rule = ["INPUT", "-p", "tcp", "--dport", str(port), "--syn", "-j", "DROP",
