@@ -226,9 +226,12 @@ class Lab:
 
     def _wire(self, host: str) -> None:
         sw, name, addr = self.switch_ns, self.ns(host), f"{ADDRESSES[host]}/{PREFIXLEN}"
-        if not _link_exists(sw, host):
-            if _link_exists(name, HOST_IFACE):  # stray half from an interrupted run
-                _ip("-n", name, "link", "del", HOST_IFACE)
+        if not (_link_exists(sw, host) and _link_exists(name, HOST_IFACE)):
+            # A stray half: from an interrupted run, or the switch end of a pair whose host
+            # namespace was just deleted (the kernel destroys that end asynchronously).
+            for ns, dev in ((sw, host), (name, HOST_IFACE)):
+                if _link_exists(ns, dev):
+                    subprocess.run(["ip", "-n", ns, "link", "del", dev], capture_output=True)
             _ip("-n", sw, "link", "add", host, "type", "veth", "peer", "name", HOST_IFACE,
                 "netns", name)
         _ip("-n", sw, "link", "set", host, "master", BRIDGE, "up")
