@@ -10,7 +10,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TextIO, TypeVar
 
@@ -52,17 +53,23 @@ class _OneLineUsageError(click.UsageError):
                    "(see --help)", err=True)
 
 
+@contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    try:
+        yield
+    except _OneLineUsageError:
+        raise
+    except click.UsageError as exc:
+        raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
+
+
 class Command(click.Command):
     """A click command whose usage errors are one line on stderr, exit code 2."""
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
-        try:
+        with _usage_errors_on_one_line():
             return super().make_context(info_name, args, parent, **extra)
-        except _OneLineUsageError:
-            raise
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
 
 
 class Group(click.Group):
@@ -72,21 +79,13 @@ class Group(click.Group):
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
-        try:
+        with _usage_errors_on_one_line():
             return super().make_context(info_name, args, parent, **extra)
-        except _OneLineUsageError:
-            raise
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
+        with _usage_errors_on_one_line():  # e.g. no such subcommand
             return super().resolve_command(ctx, args)
-        except _OneLineUsageError:
-            raise
-        except click.UsageError as exc:  # no such subcommand
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
 
 
 def usage_error(message: str) -> click.UsageError:
