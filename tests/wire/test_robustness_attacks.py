@@ -226,7 +226,9 @@ def test_isns_follow_the_clock_per_tuple_and_look_random_across_tuples(net: Lab)
         step = (isn1 - isn0) & MASK
         expected = (t1 - t0) * TICKS
         assert 0 < step < 1 << 31, "the ISN of a 4-tuple must keep increasing"
-        assert abs(step - expected) < 0.002 * TICKS, (step, expected)  # within 2 ms
+        # The trace stamps the SYN when it is sent, a moment after the engine read its
+        # clock for the ISN; a loaded machine stretches that moment to milliseconds.
+        assert abs(step - expected) < 0.02 * TICKS, (step, expected)  # within 20 ms
 
     # Different 4-tuples: take the clock out and what is left is the keyed hash.
     def offsets(samples: list[tuple[int, float]]) -> list[int]:
