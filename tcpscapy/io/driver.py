@@ -857,9 +857,10 @@ class Driver:
         """A local port for an active open: a warm one, the one asked for, or a new one.
 
         A warm port whose last connection to this same peer ended in a reset is
-        passed over: if our RST was lost, the peer still has that 4-tuple open and
-        would answer a new SYN on it with a challenge ACK (Linux picks another
-        port too).
+        passed over while the pool can still grow: if our RST was lost, the peer
+        still has that 4-tuple open and would answer a new SYN on it with a
+        challenge ACK (Linux picks another port too). A full pool of such ports is
+        reused oldest first, so a connect+abort loop stays on warm ports.
         """
         with self._lock:
             if sport:
@@ -872,12 +873,15 @@ class Driver:
                     return use
             else:
                 pool = self._warm.get(ip)
-                for use in list(pool or ()):
-                    if use.last_reset and use.last_remote == remote:
-                        continue
-                    pool.remove(use)  # type: ignore[union-attr]
-                    use.refs = 1
-                    return use
+                if pool:
+                    use = next((u for u in pool
+                                if not (u.last_reset and u.last_remote == remote)), None)
+                    if use is None and len(pool) >= self._warm_limit:
+                        use = pool[0]  # all reset by this peer: the least recently used
+                    if use is not None:
+                        pool.remove(use)
+                        use.refs = 1
+                        return use
         use = self._hold_port(ip, sport or 0, listening=False)
         return use
 

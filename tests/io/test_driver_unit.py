@@ -373,6 +373,17 @@ def test_a_port_whose_connection_was_reset_is_not_reused_for_that_peer(world: Wo
     assert len(world.ports.made) == 2
 
 
+def test_a_full_pool_of_reset_ports_is_reused_oldest_first() -> None:
+    w = World(warm_ports=1)  # the pool is full with the one port
+    try:
+        first = w.connect()
+        first.abort()
+        second = w.connect()  # nothing else warm and no room to grow: reuse it
+        assert second.local == first.local and len(w.ports.made) == 1
+    finally:
+        w.driver.close(linger=0.5)
+
+
 def test_without_a_warm_pool_ports_are_released() -> None:
     w = World(warm_ports=0)
     try:
