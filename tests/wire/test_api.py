@@ -26,44 +26,14 @@ from tcpscapy.core.state import State
 from tcpscapy.io import iptables
 from tcpscapy.io.driver import Driver, close_all
 from tcpscapy.lab import Lab
+from tests.wire.cli_helpers import KERNEL_SERVER as SERVER_CODE
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "tsd"
 SERVER, CLIENT = "10.77.0.2", "10.77.0.1"
-# Fast retransmissions, short TIME-WAIT. Timestamps stay off until the engine keeps a
-# full-MSS segment's payload + TS option within the MSS (see test_a_megabyte_echoes_intact).
+# Fast retransmissions, short TIME-WAIT, no timestamps.
 QUICK = {"rto": 0.2, "msl": 0.2, "timestamps": False}
 
-# A kernel TCP server: prints its port, then serves each connection in a thread.
-#   echo   echo until EOF, then close
-#   greet  send b"hello" and close at once (the peer closes second)
-#   count  read until EOF, answer b"got N", close
-#   reset  read one chunk, then close with SO_LINGER 0: an RST
-SERVER_CODE = r"""
-import socket, struct, sys, threading
-host, mode = sys.argv[1], sys.argv[2]
-srv = socket.create_server((host, 0), backlog=256)
-print(srv.getsockname()[1], flush=True)
-def serve(c):
-    with c:
-        if mode == "greet":
-            c.sendall(b"hello")
-            return
-        if mode == "reset":
-            c.recv(65536)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            return
-        total = 0
-        while data := c.recv(65536):
-            total += len(data)
-            if mode == "echo":
-                c.sendall(data)
-        if mode == "count":
-            c.sendall(b"got %d" % total)
-while True:
-    conn, _ = srv.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
 
 # Kernel clients: N threads, each sends its own bytes, half-closes, checks the echo.
 CLIENTS_CODE = r"""
