@@ -12,10 +12,12 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 from tcpscapy.io import iptables
+from tcpscapy.io.driver import close_all
 from tcpscapy.lab import Lab
 
 TCPSCAPY = [sys.executable, "-m", "tcpscapy"]
@@ -52,6 +54,15 @@ while True:
     conn, _ = srv.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
+
+
+def close_and_check_nothing_left(lab: Lab) -> None:
+    """Close every in-process driver; then no guard rule and no driver thread may remain."""
+    close_all(linger=1.0)
+    for host in ("client", "server"):
+        with lab.enter(host):
+            assert iptables.status() == [], f"guard rules left in {host}"
+    assert [t.name for t in threading.enumerate() if t.name.startswith("tcpscapy")] == []
 
 
 def kernel_server(lab: Lab, mode: str = "echo", host: str = "server") -> int:

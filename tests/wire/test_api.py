@@ -24,9 +24,10 @@ from tcpscapy import errors
 from tcpscapy.core.segment import ACK, RST, SYN
 from tcpscapy.core.state import State
 from tcpscapy.io import iptables
-from tcpscapy.io.driver import Driver, close_all
+from tcpscapy.io.driver import Driver
 from tcpscapy.lab import Lab
 from tests.wire.cli_helpers import KERNEL_SERVER as SERVER_CODE
+from tests.wire.cli_helpers import close_and_check_nothing_left
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "tsd"
@@ -65,11 +66,7 @@ def net(lab: Lab) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        close_all(linger=1.0)
-        for host in ("client", "server"):
-            with lab.enter(host):
-                assert iptables.status() == [], f"guard rules left in {host}"
-        assert [t.name for t in threading.enumerate() if t.name.startswith("tcpscapy")] == []
+        close_and_check_nothing_left(lab)
 
 
 def kernel_server(lab: Lab, host: str, ip: str, mode: str = "echo") -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +16,9 @@ from scapy.layers.inet import TCP
 from tcpscapy import shell
 from tcpscapy.core.segment import RST
 from tcpscapy.core.state import State
-from tcpscapy.io import iptables
-from tcpscapy.io.driver import close_all
 from tcpscapy.lab import Lab, LabError
 from tcpscapy.netns import current_id
+from tests.wire.cli_helpers import close_and_check_nothing_left
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "tsl"
@@ -38,11 +36,7 @@ def net(lab: Lab) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        close_all(linger=1.0)
-        for host in ("client", "server"):
-            with lab.enter(host):
-                assert iptables.status() == [], f"guard rules left in {host}"
-        assert [t.name for t in threading.enumerate() if t.name.startswith("tcpscapy")] == []
+        close_and_check_nothing_left(lab)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 3.0) -> bool:

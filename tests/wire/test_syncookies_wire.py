@@ -17,7 +17,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +37,11 @@ from tcpscapy.core.syncookies import (
     derive_keys,
 )
 from tcpscapy.core.tfo import derive_key as tfo_key
-from tcpscapy.io import codec, iptables
+from tcpscapy.io import codec
 from tcpscapy.io.driver import close_all, default_driver
 from tcpscapy.io.rawsock import Link, open_link
 from tcpscapy.lab import Lab
+from tests.wire.cli_helpers import close_and_check_nothing_left
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "tsi"
@@ -110,11 +110,7 @@ def net(lab: Lab) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        close_all(linger=1.0)
-        for host in ("client", "server"):
-            with lab.enter(host):
-                assert iptables.status() == [], f"guard rules left in {host}"
-        assert [t.name for t in threading.enumerate() if t.name.startswith("tcpscapy")] == []
+        close_and_check_nothing_left(lab)
 
 
 def nstat(lab: Lab, host: str, *names: str) -> dict[str, int]:
