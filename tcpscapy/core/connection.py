@@ -313,9 +313,11 @@ class Connection(SenderMixin):
     def get_timer(self) -> float | None:
         if self._state is State.CLOSED:
             return None
-        due = self._sender_deadlines()
-        due += [t for t in (self._ack_due, self._time_wait_due) if t is not None]
-        return min(due) if due else None
+        soonest = self._sender_deadline()
+        for due in (self._ack_due, self._time_wait_due):
+            if due is not None and (soonest is None or due < soonest):
+                soonest = due
+        return soonest
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -727,12 +729,15 @@ class Connection(SenderMixin):
 
     def _window_to_advertise(self) -> int:
         """Free receive buffer, kept from moving the right edge left (RFC 9293 §3.8.6.2.2)."""
-        free = max(self.config.recv_buffer - self._unread, 0)
-        promised = max(seq_diff(self.rcv_adv, self.rcv_nxt), 0)
+        buffer = self.config.recv_buffer
+        free = buffer - self._unread
+        promised = seq_diff(self.rcv_adv, self.rcv_nxt)
+        if promised < 0:
+            promised = 0
         # Receiver-side SWS avoidance (MUST-39): move the right edge only by a useful amount.
-        if free - promised < min(self.config.recv_buffer // 2, self._rcv_mss()):
+        if free - promised < min(buffer // 2, self._rcv_mss()):
             return promised
-        return free
+        return free if free > 0 else 0
 
     def _rcv_mss(self) -> int:
         return self.config.mss

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import events as ev
 from .scoreboard import DUP_THRESH, Scoreboard
 from .segment import ACK, FIN, PSH, SYN, Segment
-from .seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_lt, seq_max, seq_min
+from .seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt, seq_max, seq_min
 from .state import State
 
 if TYPE_CHECKING:
@@ -182,11 +182,17 @@ class SenderMixin:
         self._dupacks = 0
         self._force_retransmit = True
 
-    def _sender_deadlines(self: Connection) -> list[float]:
-        due = [self._rto_due, self._persist_due, self._keepalive_due]
+    def _sender_deadline(self: Connection) -> float | None:
+        """The soonest of the sender's timers (asked after every segment: no lists)."""
+        soonest = self._rto_due
+        for due in (self._persist_due, self._keepalive_due):
+            if due is not None and (soonest is None or due < soonest):
+                soonest = due
         if self._stalled_since is not None and self.config.user_timeout is not None:
-            due.append(self._stalled_since + self.config.user_timeout)
-        return [t for t in due if t is not None]
+            due = self._stalled_since + self.config.user_timeout
+            if soonest is None or due < soonest:
+                soonest = due
+        return soonest
 
     def _sender_timers(self: Connection, now: float) -> None:
         cfg = self.config
@@ -247,9 +253,16 @@ class SenderMixin:
     def _send_data(self: Connection, now: float) -> None:
         if not self._state.synchronized and not self.tfo_pending:
             return  # our SYN is not acknowledged yet (a Fast Open server may send before)
-        cfg, mss, buf = self.config, self.max_payload(), self._sendbuf
+        buf = self._sendbuf
         if self._fin_queued and self._fin_seq is None and self._state.synchronized:
             self._fin_seq = buf.end  # (a Fast Open server's FIN waits for ESTABLISHED)
+        if seq_le(buf.end, self.snd_nxt) and self._fin_seq != self.snd_nxt and (
+                self._lost_upto is None or not seq_lt(self._rtx_nxt, self._lost_upto)):
+            # Nothing new, no FIN due, nothing presumed lost: the common case on every ACK.
+            self._persist_due = None
+            self._persist_backoff = 0
+            return
+        cfg, mss = self.config, self.max_payload()
         while True:
             pipe = self.pipe()
             rtx = self._next_retransmission()

@@ -20,20 +20,25 @@ def seq_diff(a: int, b: int) -> int:
     return ((a - b + HALF) & MASK) - HALF
 
 
+# The four comparisons look at (a - b) mod 2**32 directly rather than through seq_diff: they
+# sit on every segment's path, and one Python call less each is measurable.
+
+
 def seq_lt(a: int, b: int) -> bool:
-    return seq_diff(a, b) < 0
+    return (a - b) & MASK >= HALF
 
 
 def seq_le(a: int, b: int) -> bool:
-    return seq_diff(a, b) <= 0
+    d = (a - b) & MASK
+    return d == 0 or d >= HALF
 
 
 def seq_gt(a: int, b: int) -> bool:
-    return seq_diff(a, b) > 0
+    return 0 < (a - b) & MASK < HALF
 
 
 def seq_ge(a: int, b: int) -> bool:
-    return seq_diff(a, b) >= 0
+    return (a - b) & MASK < HALF
 
 
 def seq_max(a: int, b: int) -> int:

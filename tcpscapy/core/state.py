@@ -19,6 +19,10 @@ class State(Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons compared by identity; Enum's own __hash__ hashes the name in
+    # Python code, and states are looked up in sets on every segment.
+    __hash__ = object.__hash__
+
     @property
     def synchronized(self) -> bool:
         """True once both ISNs are known (RFC 9293's 'synchronized states')."""

@@ -75,6 +75,7 @@ def derive_keys(secret: bytes) -> tuple[bytes, bytes]:
     return key(b"syncook0"), key(b"syncook1")
 
 
+@lru_cache(maxsize=4096)  # a flood comes from a few addresses; parsing costs ~0.7 µs each
 def _addr(ip: str) -> bytes:
     try:
         return bytes(map(int, ip.split(".")))  # the common case, fast
