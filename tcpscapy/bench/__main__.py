@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import engine, memory, profiling, syncookies, wire
+from tcpscapy.bench import engine, floor, memory, profiling, syncookies, wire
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -71,6 +71,9 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("TCP_client.tcplink() / tcpscapy.connect()", wire.CONNECT_TCPLINK, wire.CONNECT_TCPSCAPY,
      Target(">=", 100, "≥ 100x")),
     ("sr1(SYN) / tcpscapy.connect()", wire.CONNECT_SR1, wire.CONNECT_TCPSCAPY, None),
+    ("bare AF_PACKET floor / kernel connect() (floor lab)", floor.FLOOR, floor.FLOOR_KERNEL,
+     None),
+    ("tcpscapy.connect() / bare AF_PACKET floor", wire.CONNECT_TCPSCAPY, floor.FLOOR, None),
     ("tcpscapy listener / kernel listener", wire.SERVER_TCPSCAPY, wire.SERVER_KERNEL, None),
     ("2 tcpscapy listener processes / 1", wire.SERVER_TCPSCAPY_2, wire.SERVER_TCPSCAPY, None),
     ("2 processes fed only their port / 1", wire.SERVER_TCPSCAPY_2_OWN, wire.SERVER_TCPSCAPY,
@@ -227,7 +230,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
-    return [*w.figures(), *syncookies.FIGURES, *memory.figures(w, quick=quick),
+    return [*w.figures(), *floor.FIGURES, *syncookies.FIGURES, *memory.figures(w, quick=quick),
             *engine.FIGURES]
 
 
