@@ -24,7 +24,7 @@ import struct
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MARK",
     "EXIT_SIGINT",
     "EXIT_SIGTERM",
+    "BalancedRule",
     "GuardError",
     "GuardRule",
     "IptablesMissingError",
@@ -56,6 +57,7 @@ __all__ = [
     "TcpHeader",
     "cleanup",
     "cleanup_stale",
+    "free_queues",
     "parse_ipv4_tcp",
     "status",
     "stop_on_signals",
@@ -184,6 +186,10 @@ class RstGuard:
     and call process_pending() when it is readable. Rules are removed by stop(), on
     leaving the ``with`` block, at interpreter exit, and on SIGINT/SIGTERM if
     stop_on_signals() was called.
+
+    ``shared_ports`` are local ports whose RSTs another process's rule already
+    queues to ``queue_num`` (a worker group's BalancedRule): the guard owns them
+    and gives their verdicts, but installs no rule of its own for them.
     """
 
     def __init__(
@@ -192,8 +198,10 @@ class RstGuard:
         queue_num: int | None = None,
         *,
         backend: str | None = None,
+        shared_ports: Iterable[int] = (),
     ) -> None:
         self.mark = mark
+        self.shared_ports = frozenset(shared_ports)
         self.dropped = 0
         self.accepted = 0
         self._wanted_queue = queue_num
@@ -381,6 +389,8 @@ class RstGuard:
     def _add_rule(self, port: int) -> None:
         if self._backend is None or self._queue_num is None or port in self._rules:
             return  # not started: start() installs rules for owned ports
+        if port in self.shared_ports:
+            return  # the group's balanced rule queues them to us
         spec = iptables.rst_rule_spec(port, self.mark, self._queue_num, self._pid)
         iptables.insert_rule(self._backend, spec)
         self._rules[port] = spec
@@ -422,6 +432,115 @@ def _queue_candidates(pid: int) -> Iterator[int]:
     first = pid % QUEUE_SPAN
     for i in range(QUEUE_TRIES):
         yield QUEUE_BASE + (first + i) % QUEUE_SPAN
+
+
+def free_queues(count: int, pid: int | None = None) -> range:
+    """``count`` consecutive NFQUEUE numbers that no process has bound right now.
+
+    Probed by binding each and letting it go again: a process that binds one of
+    them before our workers do wins the race, and the worker then fails to start
+    with a clear error.
+    """
+    if count < 1:
+        raise ValueError(f"queue count must be at least 1, not {count}")
+    iptables.require_root()
+    try:
+        probes = [NetfilterQueue() for _ in range(count)]
+    except OSError as err:
+        raise GuardError(f"cannot open NFQUEUE (nfnetlink_queue): {err}") from None
+    for first in _queue_candidates(os.getpid() if pid is None else pid):
+        if first + count > QUEUE_BASE + QUEUE_SPAN:
+            continue  # a range may not wrap around
+        bound: list[NetfilterQueue] = []
+        try:
+            for number, nfq in enumerate(probes, first):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    nfq.bind(number, _accept)
+                bound.append(nfq)
+        except OSError:
+            continue
+        finally:
+            for nfq in bound:
+                nfq.unbind()
+        return range(first, first + count)
+    raise GuardError(f"could not find {count} free NFQUEUE numbers in a row")
+
+
+def _accept(packet: Packet) -> None:
+    packet.accept()  # never called: probes are unbound before any packet is queued
+
+
+class BalancedRule:
+    """One rule that spreads the kernel's RSTs leaving ``port`` over NFQUEUE ``queues``.
+
+    For worker processes that serve one listening port, each with an RstGuard bound
+    to one of the queues and ``shared_ports={port}``. NFQUEUE picks the queue by a
+    hash of the addresses, not by flow, so a worker may get the RST of a flow
+    another worker serves: the verdict depends only on the port, which they all own.
+    The rule names this process (the workers' parent) as its owner: remove() takes
+    it away, and so does interpreter exit; if this process dies first, the rule is
+    stale and the next guard start (or ``tcpscapy guard cleanup``) removes it.
+    """
+
+    def __init__(self, port: int, queues: range, mark: int = DEFAULT_MARK, *,
+                 backend: str | None = None) -> None:
+        if len(queues) < 2 or queues.step != 1:
+            raise ValueError(f"a balanced rule needs two or more consecutive queues, "
+                             f"not {queues}")
+        self.port = port
+        self.queues = queues
+        self.mark = mark
+        self._backend_name = backend
+        self._backend: Backend | None = None
+        self._spec: list[str] | None = None
+        self._pid = os.getpid()
+
+    @property
+    def installed(self) -> bool:
+        return self._spec is not None
+
+    def install(self) -> BalancedRule:
+        """Remove stale rules of dead owners, then insert ours (once)."""
+        if self._spec is not None:
+            return self
+        iptables.require_root()
+        self._pid = os.getpid()
+        self._backend = (iptables.backend_named(self._backend_name) if self._backend_name
+                         else iptables.default_backend())
+        cleanup_stale()
+        spec = iptables.rst_rule_spec(self.port, self.mark, self.queues[0], self._pid,
+                                      queue_last=self.queues[-1])
+        atexit.register(self._remove_at_exit)
+        try:
+            iptables.insert_rule(self._backend, spec)
+        except BaseException:
+            atexit.unregister(self._remove_at_exit)
+            raise
+        self._spec = spec
+        return self
+
+    def remove(self) -> None:
+        """Delete the rule; safe to call any number of times, and a no-op in a forked child."""
+        if os.getpid() != self._pid:
+            return
+        spec, self._spec = self._spec, None
+        atexit.unregister(self._remove_at_exit)
+        if spec is not None and self._backend is not None:
+            iptables.delete_rule(self._backend, spec)
+
+    def _remove_at_exit(self) -> None:
+        try:
+            self.remove()
+        except GuardError as err:
+            print(f"tcpscapy: RST guard cleanup failed: {err}", file=sys.stderr)
+
+    def __enter__(self) -> BalancedRule:
+        return self.install()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.remove()
 
 
 _EXIT_CODES = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}

@@ -61,12 +61,15 @@ class GuardRule:
     pid: int
     alive: bool
     port: int | None
-    queue_num: int | None
+    queue_num: int | None  # the first queue of a --queue-balance range
+    queue_last: int | None = None  # its last queue (None: a single --queue-num)
 
     def describe(self) -> str:
         state = "alive" if self.alive else "stale"
         port = "?" if self.port is None else str(self.port)
         queue = "?" if self.queue_num is None else str(self.queue_num)
+        if self.queue_last is not None:
+            queue += f":{self.queue_last}"
         return (
             f"{self.backend:6} pid={self.pid} ({state}) chain={self.chain} "
             f"sport={port} queue={queue}"
@@ -100,19 +103,32 @@ def parse_owner_pid(rule: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def rst_rule_spec(port: int, mark: int, queue_num: int, pid: int) -> list[str]:
-    """Arguments after ``-I/-D CHAIN`` for the rule that queues RSTs leaving ``port``."""
+def rst_rule_spec(port: int, mark: int, queue_num: int, pid: int, *,
+                  queue_last: int | None = None) -> list[str]:
+    """Arguments after ``-I/-D CHAIN`` for the rule that queues RSTs leaving ``port``.
+
+    With ``queue_last`` the rule spreads them over queues queue_num..queue_last
+    (``--queue-balance``, by a hash of the addresses), one per worker process.
+    """
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
-    if not 0 <= queue_num < 65536:
-        raise ValueError(f"queue number out of range: {queue_num}")
+    for number in (queue_num, queue_last if queue_last is not None else queue_num):
+        if not 0 <= number < 65536:
+            raise ValueError(f"queue number out of range: {number}")
+    if queue_last is None:
+        target = ["--queue-num", str(queue_num)]
+    elif queue_last > queue_num:
+        target = ["--queue-balance", f"{queue_num}:{queue_last}"]
+    else:
+        raise ValueError(f"bad queue range {queue_num}:{queue_last}: the last must be above "
+                         "the first")
     return [
         "-p", "tcp", "--sport", str(port), "--tcp-flags", "RST", "RST",
         # Our own segments sent through a raw IP socket carry SO_MARK = mark.
         "-m", "mark", "!", "--mark", hex(mark),
         "-m", "comment", "--comment", comment_for(pid),
         # --queue-bypass: with no process on the queue, packets pass (fail open).
-        "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass",
+        "-j", "NFQUEUE", *target, "--queue-bypass",
     ]  # fmt: skip
 
 
@@ -245,6 +261,9 @@ def parse_rules(backend_name: str, listing: str) -> list[GuardRule]:
             continue
         words = split_saved(line)
         chain, spec = words[1], tuple(words[2:])
+        first, last = _int_after(spec, "--queue-num"), None
+        if first is None:
+            first, last = _queue_range(spec)
         rules.append(
             GuardRule(
                 backend=backend_name,
@@ -253,7 +272,8 @@ def parse_rules(backend_name: str, listing: str) -> list[GuardRule]:
                 pid=pid,
                 alive=pid_alive(pid),
                 port=_int_after(spec, "--sport"),
-                queue_num=_int_after(spec, "--queue-num"),
+                queue_num=first,
+                queue_last=last,
             )
         )
     return rules
@@ -293,6 +313,15 @@ def _int_after(words: Sequence[str], flag: str) -> int | None:
         return int(words[words.index(flag) + 1])
     except (ValueError, IndexError):
         return None
+
+
+def _queue_range(words: Sequence[str]) -> tuple[int | None, int | None]:
+    """(first, last) of ``--queue-balance FIRST:LAST``; (None, None) without one."""
+    try:
+        first, last = words[words.index("--queue-balance") + 1].split(":")
+        return int(first), int(last)
+    except (ValueError, IndexError):
+        return None, None
 
 
 def list_rules(backend: Backend) -> list[GuardRule]:
