@@ -104,8 +104,9 @@ def floor_lab() -> Iterator[Lab]:
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError("the floor benchmark's kernel listener did not start")
         # The client kernel would reset each SYN-ACK it has no socket for.
-        lab.run("client", ["iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags",
-                           "RST", "RST", "-j", "DROP"], check=True)
+        with lab.enter("client"):
+            subprocess.run(["iptables", "-w", "5", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags",
+                            "RST", "RST", "-j", "DROP"], check=True, capture_output=True)
         yield lab
     finally:
         lab.down()  # stops the listener, and the rule goes with the namespace
