@@ -148,11 +148,14 @@ class FanOut:
     _group_links: list[LinkLike] = field(default_factory=list)
     _rule: BalancedRule | None = None
 
-    def open(self) -> FanOut:
+    def __post_init__(self) -> None:
         if not 2 <= self.count <= MAX_WORKERS:
             raise ValueError(f"workers must be 2-{MAX_WORKERS} for a fan-out, not {self.count}")
         if self.config.secret == bytes(len(self.config.secret)):
+            # One secret for all: each Driver would otherwise draw its own.
             self.config = self.config.with_(secret=os.urandom(16))
+
+    def open(self) -> FanOut:
         try:
             self._reservation = self.reserve_port(self.ip, self.port)
             self.port = self._reservation.port

@@ -210,6 +210,50 @@ def test_parse_rules_reads_listing() -> None:
     assert "stale" in dead.describe() and "alive" in alive.describe()
 
 
+def test_balanced_rule_spec_spreads_over_a_queue_range() -> None:
+    spec = iptables.rst_rule_spec(8080, 0x7C5, 10000, 4242, queue_last=10003)
+    assert spec[-5:] == ["-j", "NFQUEUE", "--queue-balance", "10000:10003", "--queue-bypass"]
+    assert _follows(spec, "-m", "comment", "--comment", "tcpscapy pid=4242")
+    for last in (10000, 9999, 65536):
+        with pytest.raises(ValueError):
+            iptables.rst_rule_spec(8080, 0x7C5, 10000, 1, queue_last=last)
+
+
+def test_parse_rules_reads_a_balanced_rule() -> None:
+    listed = LISTED.format(pid=os.getpid()).replace("--queue-num 10123",
+                                                    "--queue-balance 10123:10124")
+    (rule,) = iptables.parse_rules("nft", listed)
+    assert (rule.port, rule.queue_num, rule.queue_last) == (443, 10123, 10124)
+    assert "queue=10123:10124" in rule.describe()
+    assert list(rule.spec) == shlex.split(listed)[2:]
+    (single,) = iptables.parse_rules("nft", LISTED.format(pid=os.getpid()))
+    assert (single.queue_num, single.queue_last) == (10123, None)
+
+
+def test_balanced_rule_needs_a_range_of_queues() -> None:
+    for queues in (range(10000, 10001), range(10000, 10004, 2)):
+        with pytest.raises(ValueError):
+            guard_mod.BalancedRule(8080, queues)
+    rule = guard_mod.BalancedRule(8080, range(10000, 10002))
+    assert not rule.installed
+    rule.remove()  # nothing installed: nothing to do
+
+
+def test_shared_ports_get_verdicts_but_no_rule_of_their_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iptables, "has_net_admin", lambda: True)
+    inserted: list[list[str]] = []
+    monkeypatch.setattr(iptables, "insert_rule", lambda backend, spec: inserted.append(spec))
+    guard = RstGuard(queue_num=10001, shared_ports={8080})
+    guard._backend = iptables.Backend("nft", "/bin/false")
+    guard._queue_num = 10001
+    guard.own_port("0.0.0.0", 8080)
+    assert inserted == [] and guard.ports == []
+    assert guard._table.should_drop(tcp_bytes(LOCAL, 8080, REMOTE, 40000, "R"))
+    guard.own_port(LOCAL, 9090)  # not shared: a rule to our own queue, as ever
+    assert inserted == [iptables.rst_rule_spec(9090, guard.mark, 10001, os.getpid())]
+
+
 def test_pid_alive_treats_zombies_as_dead() -> None:
     child = os.fork()
     if child == 0:
