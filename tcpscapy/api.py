@@ -276,9 +276,10 @@ class _HookedTrace(Trace):
 
     def record_state(self, now: float, old: State, new: State, side: Side = "local",
                      note: str = "") -> None:
-        super().record_state(now, old, new, side, note)
-        if self._hook is not None:
-            self._call(self[-1])
+        super().record_state(now, old, new, side, note)  # (raises for a bad side)
+        if self._hook is not None:  # the entry itself: with maxlen=0 the trace keeps none
+            self._call(TraceEntry(now, "out" if side == "local" else "in", None, (old, new),
+                                  note))
 
 
 def _hook_trace(ep: Endpoint, hook: OnRecord | None, maxlen: int | None) -> None:
@@ -302,6 +303,8 @@ def _with_trace(exc: errors.TcpscapyError, ep: Endpoint) -> errors.TcpscapyError
 
 class Connection:
     """One TCP connection on tcpscapy's engine, used like a blocking socket."""
+
+    __slots__ = ("_driver", "_ep", "tfo_note")  # one per connection: idle ones add up
 
     def __init__(self, driver: Driver, endpoint: Endpoint) -> None:
         self._driver = driver

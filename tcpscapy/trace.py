@@ -1,8 +1,9 @@
 """What a connection did: segments and state changes, for people to read.
 
-Recording is cheap (a tuple appended to a list; no Scapy), and everything a
-user looks at is made on demand: `ladder()` for the terminal, `to_json_lines()`
-for tools, `to_scapy_list()` and `write_pcap()` for Scapy and Wireshark.
+Recording is cheap (two slots appended to a list; no Scapy), and everything
+a user looks at is made on demand: `ladder()` for the terminal,
+`to_json_lines()` for tools, `to_scapy_list()` and `write_pcap()` for Scapy
+and Wireshark.
 
     trace = Trace()
     trace.record_state(now, State.CLOSED, State.SYN_SENT)
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from os import PathLike
-from typing import TYPE_CHECKING, Literal, overload
+from socket import AF_INET, inet_ntop, inet_pton
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
-from tcpscapy.core.options import Options
+from tcpscapy.core.options import NO_OPTIONS, Options
 from tcpscapy.core.segment import ACK, RST, SYN, URG, Segment, flag_str
 from tcpscapy.core.state import State
 
@@ -44,7 +47,6 @@ __all__ = [
 Direction = Literal["out", "in"]
 Side = Literal["local", "peer"]
 _SIDE_DIRECTION: dict[str, Direction] = {"local": "out", "peer": "in"}
-_Row = tuple[float, Direction, Segment | None, tuple[State, State] | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +70,180 @@ class TraceEntry:
         return "local" if self.direction == "out" else "peer"
 
 
+# --- compact rows ----------------------------------------------------------------------
+#
+# A trace is kept for every connection, idle ones included, so a row is two
+# slots of a flat list, and its kind is told by what sits where:
+#   (time, segment)  a segment sent, without a note
+#   (segment, time)  a segment received, without a note
+#   (time, _Tag)     anything else: a state change (its _Tag shared by every trace),
+#                    a segment with a note, an entry appended with both
+# A "segment" slot holds the Segment, None (undecodable), or the Segment packed
+# into bytes (see _pack): handshake segments are packed once the connection is
+# established, where an idle connection spends its life. The list is cut into
+# chunks, so keeping the newest `maxlen` rows drops whole chunks.
+
+
+class _Tag(NamedTuple):
+    direction: Any
+    note: Any
+    state_change: Any
+    item: Any  # the Segment, its packed bytes, or None
+
+
+_STATE_TAGS: dict[tuple[Any, ...], _Tag] = {}  # (side, old, new, note) -> shared tag
+_ESTABLISHED = State.ESTABLISHED
+_PACK_BACK = 16  # rows looked at, at most, when the connection is established
+_MIN_CHUNK, _MAX_CHUNK = 16, 1024  # rows per chunk: maxlen/16 within these bounds
+_UNBOUNDED = 1 << 62
+
+# src+dst sport dport seq ack flags window urgent | options present | mss wscale tsval tsecr
+_PACKED = struct.Struct("!8sHHIIHHHBHBII")
+_PACKED_SIZE = _PACKED.size
+_HAS_MSS, _HAS_WS, _HAS_TS, _HAS_SACK_OK = 1, 2, 4, 8
+_ADDRS: dict[tuple[str, str], bytes] = {}  # (src, dst) -> their 8 bytes
+_NAMES: dict[bytes, tuple[str, str]] = {}  # and back
+_ADDR_CACHE_MAX = 4096
+
+
+def _addr_pair(src: object, dst: object) -> bytes | None:
+    """8 bytes for two dotted quads that read back exactly; None for anything else."""
+    try:
+        packed = inet_pton(AF_INET, src) + inet_pton(AF_INET, dst)  # type: ignore[arg-type]
+    except (OSError, TypeError, ValueError):
+        return None
+    if type(src) is not str or type(dst) is not str or inet_ntop(AF_INET, packed[:4]) != src \
+            or inet_ntop(AF_INET, packed[4:]) != dst:
+        return None
+    if len(_ADDRS) >= _ADDR_CACHE_MAX:
+        _ADDRS.clear()
+        _NAMES.clear()
+    _ADDRS[(src, dst)] = packed
+    _NAMES[packed] = (src, dst)
+    return packed
+
+
+def _pack(seg: object) -> bytes | None:
+    """The segment in ~70 bytes instead of ~450, when it reads back exactly: int
+    fields, IPv4 dotted quads, a bytes payload, and at most MSS, window scale,
+    SACK-permitted and timestamps as options. None otherwise (the Segment stays)."""
+    if type(seg) is not Segment:
+        return None
+    src, dst, sport, dport, seq, ack, flags, window, opts, payload, urgent = seg
+    if not (int is type(sport) is type(dport) is type(seq) is type(ack) is type(flags)
+            is type(window) is type(urgent)) or type(payload) is not bytes:
+        return None
+    has = mss = wscale = tsval = tsecr = 0
+    if opts is not NO_OPTIONS:
+        if type(opts) is not Options:
+            return None
+        mss, wscale, sack_ok, stamps, blocks, cookie, experimental, unknown, malformed = opts
+        if blocks or cookie is not None or experimental is not False or unknown \
+                or malformed is not False or type(sack_ok) is not bool:
+            return None
+        if mss is None:
+            mss = 0
+        elif type(mss) is int:
+            has = _HAS_MSS
+        else:
+            return None
+        if wscale is None:
+            wscale = 0
+        elif type(wscale) is int:
+            has |= _HAS_WS
+        else:
+            return None
+        if stamps is not None:
+            if type(stamps) is not tuple or len(stamps) != 2:
+                return None
+            tsval, tsecr = stamps
+            if not int is type(tsval) is type(tsecr):
+                return None
+            has |= _HAS_TS
+        if sack_ok:
+            has |= _HAS_SACK_OK
+    try:
+        addrs = _ADDRS.get((src, dst)) or _addr_pair(src, dst)
+    except TypeError:  # unhashable addresses from a caller
+        return None
+    if addrs is None:
+        return None
+    try:
+        head = _PACKED.pack(addrs, sport, dport, seq, ack, flags, window, urgent, has, mss,
+                            wscale, tsval, tsecr)
+    except struct.error:  # a value out of its field's range
+        return None
+    return head + payload if payload else head
+
+
+def _unpack(packed: bytes) -> Segment:
+    addrs, sport, dport, seq, ack, flags, window, urgent, has, mss, wscale, tsval, tsecr = \
+        _PACKED.unpack_from(packed)
+    names = _NAMES.get(addrs) or (inet_ntop(AF_INET, addrs[:4]), inet_ntop(AF_INET, addrs[4:]))
+    opts = NO_OPTIONS if not has else Options._make((
+        mss if has & _HAS_MSS else None, wscale if has & _HAS_WS else None,
+        bool(has & _HAS_SACK_OK), (tsval, tsecr) if has & _HAS_TS else None, (), None, False,
+        (), False))
+    return Segment._make((*names, sport, dport, seq, ack, flags, window, opts,
+                          packed[_PACKED_SIZE:], urgent))
+
+
+def _segment(item: Any) -> Any:
+    return _unpack(item) if type(item) is bytes else item
+
+
+def _entry(a: Any, b: Any) -> TraceEntry:
+    """The TraceEntry the row (a, b) stands for."""
+    if a is None or isinstance(a, tuple | bytes):  # a received segment: times are numbers
+        return TraceEntry(b, "in", _segment(a))
+    if type(b) is _Tag:
+        direction, note, change, item = b
+        return TraceEntry(a, direction, _segment(item), change, note)
+    return TraceEntry(a, "out", _segment(b))
+
+
+def _state_tag(side: object, old: State, new: State, note: str) -> _Tag:
+    direction = _SIDE_DIRECTION.get(side) if type(side) is str else None
+    if direction is None:
+        raise ValueError(f"side must be 'local' or 'peer', not {side!r}")
+    tag = _Tag(direction, note, (old, new), None)
+    if type(old) is State and type(new) is State and not note:
+        _STATE_TAGS[(side, old, new, note)] = tag  # at most 2 * 11 * 11 of them
+    return tag
+
+
 class Trace:
     """A list-like record of TraceEntry values, oldest first.
 
-    Rows are stored as plain tuples so recording costs ~0.3 µs; TraceEntry
-    objects are made when read. `maxlen` keeps only the newest entries.
-    `time_offset` is added to entry times in JSON and pcap exports, e.g.
-    `time.time() - time.monotonic()` when the driver's clock is monotonic.
+    Recording appends two slots to a list (~0.1 µs); TraceEntry objects are
+    made when read. `maxlen` keeps only the newest entries. When the local
+    endpoint reaches ESTABLISHED, the segments just before it are packed into
+    bytes (and rebuilt, equal, when read): a connection idling after its
+    handshake holds a few hundred bytes of trace. `time_offset` is added to
+    entry times in JSON and pcap exports, e.g. `time.time() - time.monotonic()`
+    when the driver's clock is monotonic.
     """
 
-    __slots__ = ("_rows", "time_offset")
+    # _rows: the newest chunk, appended to. _chunks: None while there is one chunk,
+    # else all chunks kept, oldest first, _rows last; a roll replaces it whole and
+    # chunks only grow at the end, so a reader on another thread sees a consistent
+    # record. _cap: slots at which _rows rolls over; _keep: slots shown (None: all).
+    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "time_offset")
 
     def __init__(self, entries: Iterable[TraceEntry] = (), *, maxlen: int | None = None,
                  time_offset: float = 0.0) -> None:
-        self._rows: list[_Row] | deque[_Row] = [] if maxlen is None else deque(maxlen=maxlen)
+        self._rows: list[Any] = []
+        self._chunks: tuple[list[Any], ...] | None = None
+        if maxlen is None:
+            self._keep: int | None = None
+            self._cap = _UNBOUNDED
+        elif maxlen > 0:
+            self._keep = 2 * maxlen
+            self._cap = 2 * min(max(maxlen >> 4, _MIN_CHUNK), _MAX_CHUNK)
+        elif maxlen == 0:
+            self._keep, self._cap = 0, 2
+        else:
+            raise ValueError(f"maxlen must be >= 0 or None, not {maxlen}")
         self.time_offset = time_offset
         for entry in entries:
             self.append(entry)
@@ -89,32 +251,118 @@ class Trace:
     def record_segment(self, now: float, direction: Direction, seg: Segment | None,
                        note: str = "") -> None:
         """A segment sent ("out") or received ("in"); seg None for an undecodable packet."""
-        if direction != "out" and direction != "in":
+        rows = self._rows
+        if direction == "out" and not note:
+            rows.append(now)
+            rows.append(seg)
+        elif direction == "in" and not note:
+            rows.append(seg)
+            rows.append(now)
+        elif direction == "out" or direction == "in":
+            rows.append(now)
+            rows.append(_Tag(direction, note, None, seg))
+        else:
             raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
-        self._rows.append((now, direction, seg, None, note))
+        if len(rows) >= self._cap:
+            self._roll()
 
     def record_state(self, now: float, old: State, new: State, side: Side = "local",
                      note: str = "") -> None:
         """A state change of the local endpoint or (when known, e.g. in simulation) the peer."""
         try:
-            direction = _SIDE_DIRECTION[side]
-        except KeyError:
-            raise ValueError(f"side must be 'local' or 'peer', not {side!r}") from None
-        self._rows.append((now, direction, None, (old, new), note))
+            tag = _STATE_TAGS[(side, old, new, note)]
+        except (KeyError, TypeError):  # TypeError: unhashable values from a caller
+            tag = _state_tag(side, old, new, note)
+        rows = self._rows
+        rows.append(now)
+        rows.append(tag)
+        if len(rows) >= self._cap:
+            self._roll()
+        elif new is _ESTABLISHED and side == "local":
+            self._pack_recent()
 
     def append(self, entry: TraceEntry) -> None:
-        self._rows.append((entry.time, entry.direction, entry.segment, entry.state_change,
-                           entry.note))
+        direction, seg, change, note = (entry.direction, entry.segment, entry.state_change,
+                                        entry.note)
+        rows = self._rows
+        if change is None and type(note) is str and not note and direction == "out" \
+                and not isinstance(seg, _Tag):
+            rows.append(entry.time)
+            rows.append(seg)
+        elif change is None and type(note) is str and not note and direction == "in":
+            rows.append(seg)
+            rows.append(entry.time)
+        else:
+            rows.append(entry.time)
+            rows.append(_Tag(direction, note, change, seg))
+        if len(rows) >= self._cap:
+            self._roll()
+
+    def _roll(self) -> None:
+        """_rows is full: start a new chunk, keeping the fewest old ones that still hold
+        the newest `maxlen` rows (every chunk but the newest is full)."""
+        keep, cap = self._keep, self._cap
+        if not keep:  # maxlen=0: nothing is kept
+            self._rows.clear()
+            return
+        chunks = self._chunks or (self._rows,)
+        tail: list[Any] = []
+        self._chunks = (*chunks[-(-keep // cap):], tail)
+        self._rows = tail
+
+    def _pack_recent(self) -> None:
+        """Pack the segments among the last rows of the newest chunk (the handshake),
+        newest first, back to one already packed."""
+        rows = self._rows
+        for i in range(len(rows) - 4, max(len(rows) - 2 * _PACK_BACK, 0) - 1, -2):
+            a, b = rows[i], rows[i + 1]
+            if a is None or isinstance(a, tuple | bytes):  # received: (segment, time)
+                slot, item = i, a
+            elif type(b) is _Tag:
+                if b.state_change is not None:
+                    continue
+                slot, item = i + 1, b.item
+            else:
+                slot, item = i + 1, b
+            if type(item) is bytes:
+                break
+            packed = _pack(item)
+            if packed is not None:
+                rows[slot] = packed if type(b) is not _Tag or slot == i else b._replace(
+                    item=packed)
+
+    def _view(self) -> tuple[tuple[list[Any], ...], int, int]:
+        """(chunks, first slot, end slot) of the rows shown; safe while the driver's
+        thread appends (read _rows before _chunks: a roll sets _chunks first)."""
+        rows = self._rows
+        chunks = self._chunks
+        if chunks is None:
+            chunks = (rows,)
+            total = len(rows)
+        else:
+            total = sum(map(len, chunks))
+        end = total - (total & 1)  # a row being appended right now is left out
+        keep = self._keep
+        return chunks, (0 if keep is None or end <= keep else end - keep), end
+
+    def _slots(self) -> list[Any]:
+        """The slots of the rows shown, flat, in a list of their own."""
+        chunks, start, end = self._view()
+        flat = chunks[0][:] if len(chunks) == 1 else list(chain.from_iterable(chunks))
+        return flat if start == 0 and end == len(flat) else flat[start:end]
 
     def clear(self) -> None:
-        self._rows.clear()
+        self._chunks = None
+        self._rows = []
 
     def __len__(self) -> int:
-        return len(self._rows)
+        _, start, end = self._view()
+        return (end - start) >> 1
 
     def __iter__(self) -> Iterator[TraceEntry]:
-        for row in self._rows:
-            yield TraceEntry(*row)
+        slots = self._slots()
+        for i in range(0, len(slots), 2):
+            yield _entry(slots[i], slots[i + 1])
 
     @overload
     def __getitem__(self, index: int) -> TraceEntry: ...
@@ -123,13 +371,23 @@ class Trace:
 
     def __getitem__(self, index: int | slice) -> TraceEntry | list[TraceEntry]:
         if isinstance(index, slice):
-            return [TraceEntry(*row) for row in list(self._rows)[index]]
-        return TraceEntry(*self._rows[index])
+            slots = self._slots()
+            return [_entry(slots[i], slots[i + 1]) for i in range(0, len(slots), 2)[index]]
+        chunks, start, end = self._view()
+        pos = range(start, end, 2)[index]  # IndexError, TypeError as a list gives them
+        for chunk in chunks:  # no row straddles two chunks
+            if pos < len(chunk):
+                return _entry(chunk[pos], chunk[pos + 1])
+            pos -= len(chunk)
+        raise IndexError("trace index out of range")  # not reached: the view is consistent
 
     def segments(self, direction: Direction | None = None) -> list[Segment]:
         """The decoded segments, optionally only those going one way."""
-        return [row[2] for row in self._rows
-                if row[2] is not None and (direction is None or row[1] == direction)]
+        out: list[Segment] = []
+        for entry in self:
+            if entry.segment is not None and (direction is None or entry.direction == direction):
+                out.append(entry.segment)
+        return out
 
     def __repr__(self) -> str:
         return f"<Trace {len(self)} entries>"
