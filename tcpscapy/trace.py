@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from os import PathLike
 from socket import AF_INET, inet_ntop, inet_pton
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from tcpscapy.core.options import NO_OPTIONS, Options
 from tcpscapy.core.segment import ACK, RST, SYN, URG, Segment, flag_str
@@ -76,26 +77,30 @@ class TraceEntry:
 # slots of a flat list, and its kind is told by what sits where:
 #   (time, segment)  a segment sent, without a note
 #   (segment, time)  a segment received, without a note
-#   (time, _Tag)     anything else: a state change (its _Tag shared by every trace),
-#                    a segment with a note, an entry appended with both
+#   (time, tag)      anything else: a state change (its tag shared by every trace),
+#                    a segment with a note, an entry appended with both; a tag is a
+#                    plain tuple (direction, note, state_change, segment slot), told
+#                    from a Segment (a tuple subclass) by its type
 # A "segment" slot holds the Segment, None (undecodable), or the Segment packed
-# into bytes (see _pack): handshake segments are packed once the connection is
-# established, where an idle connection spends its life. The list is cut into
-# chunks, so keeping the newest `maxlen` rows drops whole chunks.
+# into bytes (see _pack): ~70 bytes instead of ~450. Packing costs ~1 µs a segment,
+# so it is done only for connections that idle after their handshake, which is
+# where a server with many connections spends its memory: when a connection is
+# established its rows are queued, and _PACK_AFTER establishments later (of any
+# trace) its handshake is packed if it has recorded at most one row since (the
+# client's ACK). Connections that moved on (data, close) are skipped: a
+# short-lived one costs nothing. The list is cut into chunks, so keeping the
+# newest `maxlen` rows drops whole chunks.
 
 
-class _Tag(NamedTuple):
-    direction: Any
-    note: Any
-    state_change: Any
-    item: Any  # the Segment, its packed bytes, or None
-
-
-_STATE_TAGS: dict[tuple[Any, ...], _Tag] = {}  # (side, old, new, note) -> shared tag
+_Tag = tuple[Any, str, Any, Any]
+# side -> old -> new -> tag, shared by every trace (dicts: States hash slowly in a tuple)
+_STATE_TAGS: dict[str, dict[Any, dict[Any, _Tag]]] = {"local": {}, "peer": {}}
+_LIMITS: dict[int | None, tuple[int | None, int]] = {}  # maxlen -> (_keep, _cap)
 _ESTABLISHED = State.ESTABLISHED
-_PACK_BACK = 16  # rows looked at, at most, when the connection is established
+_PACK_BACK = 16  # rows of a handshake looked at, at most
+_PACK_AFTER = 32
+_established: deque[tuple[list[Any], int]] = deque()  # (rows, their length then), in order
 _MIN_CHUNK, _MAX_CHUNK = 16, 1024  # rows per chunk: maxlen/16 within these bounds
-_UNBOUNDED = 1 << 62
 
 # src+dst sport dport seq ack flags window urgent | options present | mss wscale tsval tsecr
 _PACKED = struct.Struct("!8sHHIIHHHBHBII")
@@ -196,7 +201,7 @@ def _entry(a: Any, b: Any) -> TraceEntry:
     """The TraceEntry the row (a, b) stands for."""
     if a is None or isinstance(a, tuple | bytes):  # a received segment: times are numbers
         return TraceEntry(b, "in", _segment(a))
-    if type(b) is _Tag:
+    if type(b) is tuple:
         direction, note, change, item = b
         return TraceEntry(a, direction, _segment(item), change, note)
     return TraceEntry(a, "out", _segment(b))
@@ -206,22 +211,68 @@ def _state_tag(side: object, old: State, new: State, note: str) -> _Tag:
     direction = _SIDE_DIRECTION.get(side) if type(side) is str else None
     if direction is None:
         raise ValueError(f"side must be 'local' or 'peer', not {side!r}")
-    tag = _Tag(direction, note, (old, new), None)
+    tag = (direction, note, (old, new), None)
     if type(old) is State and type(new) is State and not note:
-        _STATE_TAGS[(side, old, new, note)] = tag  # at most 2 * 11 * 11 of them
+        _STATE_TAGS[side].setdefault(old, {})[new] = tag  # at most 2 * 11 * 11 of them
     return tag
+
+
+def _limits(maxlen: int | None) -> tuple[int | None, int]:
+    """(_keep, _cap) for a maxlen: slots shown, and slots a chunk holds."""
+    if maxlen is None:
+        return None, 1 << 62
+    if maxlen < 0:
+        raise ValueError(f"maxlen must be >= 0 or None, not {maxlen}")
+    limits = (2 * maxlen, 2 * min(max(maxlen >> 4, _MIN_CHUNK), _MAX_CHUNK) if maxlen else 2)
+    if len(_LIMITS) < 64:
+        _LIMITS[maxlen] = limits
+    return limits
+
+
+def _queue_established(rows: list[Any]) -> None:
+    """A connection was just established: queue it, and pack the handshake of the one
+    established _PACK_AFTER connections ago if it stayed idle (see above)."""
+    _established.append((rows, len(rows)))
+    if len(_established) > _PACK_AFTER:
+        try:
+            old, length = _established.popleft()
+        except IndexError:  # another thread (another driver) took it
+            return
+        if len(old) - length <= 2:
+            _pack_recent(old)
+
+
+def _pack_recent(rows: list[Any]) -> None:
+    """Pack the segments among the last _PACK_BACK rows, newest first, back to one
+    already packed. Each store replaces one slot with an equal value, so a reader
+    (or the owner appending, on another thread) is never disturbed."""
+    end = len(rows) & ~1  # whole rows: the owner may be appending one on its thread
+    for i in range(end - 2, max(end - 2 * _PACK_BACK, 0) - 1, -2):
+        a, b = rows[i], rows[i + 1]
+        if a is None or isinstance(a, tuple | bytes):  # received: (segment, time)
+            slot, item = i, a
+        elif type(b) is tuple:
+            if b[2] is not None:
+                continue  # a state change
+            slot, item = i + 1, b[3]
+        else:
+            slot, item = i + 1, b
+        if type(item) is bytes:
+            break
+        packed = _pack(item)
+        if packed is not None:
+            rows[slot] = packed if slot == i or type(b) is not tuple else (*b[:3], packed)
 
 
 class Trace:
     """A list-like record of TraceEntry values, oldest first.
 
     Recording appends two slots to a list (~0.1 µs); TraceEntry objects are
-    made when read. `maxlen` keeps only the newest entries. When the local
-    endpoint reaches ESTABLISHED, the segments just before it are packed into
-    bytes (and rebuilt, equal, when read): a connection idling after its
-    handshake holds a few hundred bytes of trace. `time_offset` is added to
-    entry times in JSON and pcap exports, e.g. `time.time() - time.monotonic()`
-    when the driver's clock is monotonic.
+    made when read. `maxlen` keeps only the newest entries. The segments of a
+    connection that stays idle after its handshake are packed into bytes (and
+    rebuilt, equal, when read), so it holds a few hundred bytes of trace.
+    `time_offset` is added to entry times in JSON and pcap exports, e.g.
+    `time.time() - time.monotonic()` when the driver's clock is monotonic.
     """
 
     # _rows: the newest chunk, appended to. _chunks: None while there is one chunk,
@@ -234,16 +285,7 @@ class Trace:
                  time_offset: float = 0.0) -> None:
         self._rows: list[Any] = []
         self._chunks: tuple[list[Any], ...] | None = None
-        if maxlen is None:
-            self._keep: int | None = None
-            self._cap = _UNBOUNDED
-        elif maxlen > 0:
-            self._keep = 2 * maxlen
-            self._cap = 2 * min(max(maxlen >> 4, _MIN_CHUNK), _MAX_CHUNK)
-        elif maxlen == 0:
-            self._keep, self._cap = 0, 2
-        else:
-            raise ValueError(f"maxlen must be >= 0 or None, not {maxlen}")
+        self._keep, self._cap = _LIMITS.get(maxlen) or _limits(maxlen)
         self.time_offset = time_offset
         for entry in entries:
             self.append(entry)
@@ -252,15 +294,17 @@ class Trace:
                        note: str = "") -> None:
         """A segment sent ("out") or received ("in"); seg None for an undecodable packet."""
         rows = self._rows
-        if direction == "out" and not note:
+        if note:
+            if direction != "out" and direction != "in":
+                raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
+            rows.append(now)
+            rows.append((direction, note, None, seg))
+        elif direction == "out":
             rows.append(now)
             rows.append(seg)
-        elif direction == "in" and not note:
+        elif direction == "in":
             rows.append(seg)
             rows.append(now)
-        elif direction == "out" or direction == "in":
-            rows.append(now)
-            rows.append(_Tag(direction, note, None, seg))
         else:
             raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
         if len(rows) >= self._cap:
@@ -270,7 +314,7 @@ class Trace:
                      note: str = "") -> None:
         """A state change of the local endpoint or (when known, e.g. in simulation) the peer."""
         try:
-            tag = _STATE_TAGS[(side, old, new, note)]
+            tag = _STATE_TAGS[side][old][new] if not note else _state_tag(side, old, new, note)
         except (KeyError, TypeError):  # TypeError: unhashable values from a caller
             tag = _state_tag(side, old, new, note)
         rows = self._rows
@@ -279,22 +323,23 @@ class Trace:
         if len(rows) >= self._cap:
             self._roll()
         elif new is _ESTABLISHED and side == "local":
-            self._pack_recent()
+            _queue_established(rows)
 
     def append(self, entry: TraceEntry) -> None:
         direction, seg, change, note = (entry.direction, entry.segment, entry.state_change,
                                         entry.note)
         rows = self._rows
         if change is None and type(note) is str and not note and direction == "out" \
-                and not isinstance(seg, _Tag):
+                and type(seg) is not tuple and type(seg) is not bytes:
             rows.append(entry.time)
             rows.append(seg)
-        elif change is None and type(note) is str and not note and direction == "in":
+        elif change is None and type(note) is str and not note and direction == "in" \
+                and (seg is None or isinstance(seg, tuple | bytes)):
             rows.append(seg)
             rows.append(entry.time)
         else:
             rows.append(entry.time)
-            rows.append(_Tag(direction, note, change, seg))
+            rows.append((direction, note, change, seg))
         if len(rows) >= self._cap:
             self._roll()
 
@@ -309,27 +354,6 @@ class Trace:
         tail: list[Any] = []
         self._chunks = (*chunks[-(-keep // cap):], tail)
         self._rows = tail
-
-    def _pack_recent(self) -> None:
-        """Pack the segments among the last rows of the newest chunk (the handshake),
-        newest first, back to one already packed."""
-        rows = self._rows
-        for i in range(len(rows) - 4, max(len(rows) - 2 * _PACK_BACK, 0) - 1, -2):
-            a, b = rows[i], rows[i + 1]
-            if a is None or isinstance(a, tuple | bytes):  # received: (segment, time)
-                slot, item = i, a
-            elif type(b) is _Tag:
-                if b.state_change is not None:
-                    continue
-                slot, item = i + 1, b.item
-            else:
-                slot, item = i + 1, b
-            if type(item) is bytes:
-                break
-            packed = _pack(item)
-            if packed is not None:
-                rows[slot] = packed if type(b) is not _Tag or slot == i else b._replace(
-                    item=packed)
 
     def _view(self) -> tuple[tuple[list[Any], ...], int, int]:
         """(chunks, first slot, end slot) of the rows shown; safe while the driver's
