@@ -351,8 +351,9 @@ class Trace:
             self._rows.clear()
             return
         chunks = self._chunks or (self._rows,)
+        needed = -(-keep // cap)  # full chunks that hold `keep` slots
         tail: list[Any] = []
-        self._chunks = (*chunks[-(-keep // cap):], tail)
+        self._chunks = (*chunks[max(len(chunks) - needed, 0):], tail)
         self._rows = tail
 
     def _view(self) -> tuple[tuple[list[Any], ...], int, int]:
