@@ -293,3 +293,26 @@ def test_api_connections_carry_no_instance_dict() -> None:
     assert not hasattr(conn, "__dict__")  # ~100 bytes an idle connection
     with pytest.raises(AttributeError):
         conn.anything_else = 1  # type: ignore[attr-defined]
+
+
+def test_the_bench_figure_for_the_trace_alone() -> None:
+    from tcpscapy.bench import memory
+
+    per_conn = memory.trace_bytes_per_connection(120)
+    assert 100 < per_conn < 1000, per_conn  # ~2,200 bytes with rows as tuples in a deque
+
+
+def test_waiting_to_be_packed_keeps_no_busy_trace_alive() -> None:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        trace, _ = server_handshake(7)  # queued for packing
+        for i in range(3000):  # then busy: ~3.6 MB of rows
+            trace.record_segment(200.0 + i, "in", ack(i, bytes(1000)))
+        del trace
+        gc.collect()
+        left = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert left < 100_000, left
