@@ -67,7 +67,7 @@ from tcpscapy.io.plumbing import (
     one_line,
     setns,
 )
-from tcpscapy.io.rawsock import LinkError
+from tcpscapy.io.rawsock import LinkError, OffloadRefused
 from tcpscapy.trace import Trace
 
 __all__ = [
@@ -613,13 +613,46 @@ class Driver:
                 self._finished.append(ep)
 
     def _flush(self, now: float) -> None:
-        eps, orphans = self._eps, self.orphans
-        for seg in self.stack.segments_to_send(now):
-            ep = eps.get((seg.src, seg.sport, seg.dst, seg.dport))
-            note = self._transmit(seg)
-            (ep.trace if ep is not None else orphans).record_segment(now, "out", seg, note)
+        """Send what the engine wants sent; trace every segment it produced."""
+        segments = self.stack.segments_to_send(now)
+        if segments:
+            eps, orphans = self._eps, self.orphans
+            runs = codec.gso_runs(segments) if len(segments) > 1 else [segments]
+            for run in runs:
+                note = self._send_run(run)
+                for seg in run:
+                    seg_note = self._transmit(seg) if note is None else note
+                    ep = eps.get((seg.src, seg.sport, seg.dst, seg.dport))
+                    (ep.trace if ep is not None else orphans).record_segment(
+                        now, "out", seg, seg_note)
         if self._finished:
             self._reap()
+
+    def _send_run(self, run: list[Segment]) -> str | None:
+        """Send a run (codec.gso_runs) as one packet the kernel segments and checksums.
+
+        Returns '' or why it was not sent, or None where the link cannot offload
+        (loopback, a Receiver, a kernel that refused): then each segment is sent
+        on its own. A single segment goes this way too, to leave its checksum
+        to the kernel.
+        """
+        first = run[0]
+        link = self._links.get((first.src, first.dst))
+        if link is None or not getattr(link, "offload", False):
+            return None
+        try:
+            packet = codec.encode_run(run)
+        except ValueError:
+            return None  # each segment then says why it cannot be encoded
+        try:
+            link.send_offload(packet, len(first.payload) if len(run) > 1 else 0)
+        except OffloadRefused:
+            return None
+        except (LinkError, OSError) as exc:
+            self.stats.send_errors += len(run)
+            return f"not sent: {one_line(exc)}"
+        self.stats.sent += len(run)
+        return ""
 
     def _transmit(self, seg: Segment) -> str:
         """Send one segment; '' or why it was not sent (never raises).
