@@ -7,21 +7,30 @@ host runs a client peer for the kernel's and Scapy's clients, while tcpscapy's
 own client runs in this process, its thread moved into the client namespace.
 Before each figure, whatever it does not use is stopped: an idle tcpscapy
 process in the lab still decodes every frame on its link and would take CPU
-from the figure (`Wire._only`).
+from the figure (`Wire._only`). The `tcpscapy listen` figures run the command
+itself (`--file` of an empty file: accept, close), with its per-connection
+lines drained by a thread here.
 
 Each figure function returns one sample; the runner repeats it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 import tcpscapy
 from tcpscapy.bench.peers import Json, Peer
@@ -39,6 +48,8 @@ SERVER_TCPSCAPY = "server: tcpscapy.listen() accept+close"
 SERVER_KERNEL = "server: kernel listener accept+close"
 SERVER_TCPSCAPY_2 = "server: 2 tcpscapy.listen() processes, 2 ports"
 SERVER_TCPSCAPY_2_OWN = "server: 2 tcpscapy.listen() processes, each fed only its port"
+SERVER_CLI = "server: tcpscapy listen (the command) accept+close"
+SERVER_CLI_WORKERS_2 = "server: tcpscapy listen --workers 2 accept+close"
 SERVER_CPU = "server: tcpscapy listener CPU per handshake"
 BULK_SEND = "bulk: tcpscapy.connect() sends to a kernel sink"
 BULK_RECV = "bulk: tcpscapy.connect() receives from a kernel source"
@@ -74,6 +85,8 @@ class Wire:
         self._servers_config: tuple[int, str] = (0, "all")  # (how many, feed)
         self._client_driver = False  # this process has a tcpscapy driver in the client host
         self._client: Peer | None = None
+        self._cli: tuple[int, subprocess.Popen[bytes], int] | None = None  # workers, proc, port
+        self._empty: str | None = None  # the file the `listen --file` figures serve
         self.notes: dict[str, str] = {}  # facts seen while measuring, for BENCHMARKS.md
 
     # -- the lab -------------------------------------------------------------------------
@@ -127,9 +140,55 @@ class Wire:
         limit = "default" if trace_limit is None else str(trace_limit)
         return self._start(Peer(self.lab, "server", "tcpscapy-holder", self.server_addr, limit))
 
-    def _only(self, *, servers: tuple[int, str] = (0, "all"), client: bool = False) -> None:
+    def cli_port(self, workers: int) -> int:
+        """The port of a `tcpscapy listen --workers N --file EMPTY` running alone in the lab."""
+        self._only(cli=workers)
+        assert self._cli is not None
+        return self._cli[2]
+
+    def _start_cli(self, workers: int) -> None:
+        if self._empty is None:
+            fd, self._empty = tempfile.mkstemp(prefix="tcpscapy-bench-", suffix=".empty")
+            os.close(fd)
+        argv = [sys.executable, "-m", "tcpscapy", "listen", f"{self.server_addr}:0",
+                "--file", self._empty, "--backlog", "4096", "--json",
+                "--workers", str(workers)]
+        proc = self.lab.popen("server", argv, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        listening = _readline_within(proc.stderr, 60.0)
+        try:
+            port = int(json.loads(listening)["port"])
+        except (ValueError, KeyError, TypeError):
+            proc.terminate()
+            proc.wait(30)
+            raise RuntimeError(f"tcpscapy listen --workers {workers} did not start: "
+                               f"{listening.decode(errors='replace').strip()!r}") from None
+        # A line per connection: drain them, or the command blocks on a full pipe.
+        threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+        self._cli = (workers, proc, port)
+
+    def _stop_cli(self) -> None:
+        if self._cli is None:
+            return
+        _, proc, _ = self._cli
+        self._cli = None
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: the workers stop, the guard rule goes
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _only(self, *, servers: tuple[int, str] = (0, "all"), client: bool = False,
+              cli: int = 0) -> None:
         """Leave running only what a figure uses: an idle tcpscapy process in the lab
         still decodes every frame on its link, and would steal the figure's CPU."""
+        if self._cli is not None and self._cli[0] != cli:
+            self._stop_cli()
+        if cli and self._cli is None:
+            self._start_cli(cli)
         if self._servers_config != servers:
             for peer in self._servers:
                 peer.stop()
@@ -157,10 +216,15 @@ class Wire:
 
     def close(self) -> None:
         """Stop every peer, close this process's drivers, remove the lab."""
+        if self._empty is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._empty)
+            self._empty = None
         lab, self._lab = self._lab, None
         if lab is None:
             return
         try:
+            self._stop_cli()
             for peer in self._peers:
                 peer.stop()
             if self._client_driver:
@@ -253,6 +317,16 @@ class Wire:
         """As above, each process seeing only its own port's packets: the most that
         `listen --workers 2` over PACKET_FANOUT_HASH could give on this machine."""
         return self._cycles_per_second(self.tcpscapy_ports(2, "own-port"))
+
+    def cli_server_per_second(self) -> float:
+        """`tcpscapy listen` itself, one process: what --workers is compared with (the
+        command adds a thread and a summary line per connection to the library's loop)."""
+        return self._cycles_per_second([self.cli_port(1)])
+
+    def cli_workers_per_second(self) -> float:
+        """`tcpscapy listen --workers 2`: the kernel's fan-out spreads the flows over two
+        worker processes, which share one port, one guard rule and the secrets."""
+        return self._cycles_per_second([self.cli_port(2)])
 
     def tcpscapy_server_cpu_us(self) -> float:
         """CPU µs the tcpscapy listener process spends per accepted handshake.
@@ -352,12 +426,29 @@ class Wire:
             (SERVER_KERNEL, "handshakes/s", self.kernel_server_per_second),
             (SERVER_TCPSCAPY_2, "handshakes/s", self.tcpscapy_two_servers_per_second),
             (SERVER_TCPSCAPY_2_OWN, "handshakes/s", self.tcpscapy_two_own_servers_per_second),
+            (SERVER_CLI, "handshakes/s", self.cli_server_per_second),
+            (SERVER_CLI_WORKERS_2, "handshakes/s", self.cli_workers_per_second),
             (SERVER_CPU, "CPU µs", self.tcpscapy_server_cpu_us),
             (BULK_SEND, "MB/s", self.tcpscapy_send_mb_s),
             (BULK_RECV, "MB/s", self.tcpscapy_recv_mb_s),
             (BULK_KERNEL_SEND, "MB/s", self.kernel_send_mb_s),
             (BULK_KERNEL_RECV, "MB/s", self.kernel_recv_mb_s),
         ]
+
+
+def _readline_within(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from `stream`, or b'' if none came within `timeout` s."""
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else b""
+
+
+def _drain(stream: IO[bytes]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        while stream.read(65536):
+            pass
 
 
 def _cpu_idle() -> float:
