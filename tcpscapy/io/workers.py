@@ -9,10 +9,11 @@ thread exists, so each child starts from a clean copy):
 - one PACKET_FANOUT group per receiving socket (interface, address), created by the
   parent with PACKET_FANOUT_FLAG_UNIQUEID, so no other process shares the id. Each
   worker's receiver joins its group; PACKET_FANOUT_HASH hands each frame to one
-  member by the kernel's flow hash, which is symmetric (the addresses and ports are
-  ordered before hashing) and the same for every frame of a flow: a connection is
-  served by one worker from its SYN on. The parent's own member leaves once every
-  worker has joined;
+  member by the kernel's flow hash of its addresses and ports, the same for every
+  frame of a flow: a connection is served by one worker from its SYN on. (The hash
+  is symmetric on current kernels, but only one direction matters here: receivers
+  are bound to ETH_P_IP and read only frames coming in to the listening address.)
+  The parent's own member leaves once every worker has joined;
 - one NFQUEUE rule for the port with `--queue-balance first:last` (BalancedRule,
   owned by the parent's pid); each worker's RstGuard binds one of the queues and
   installs no rule for the port. NFQUEUE hashes only the addresses, so a worker may
