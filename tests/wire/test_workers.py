@@ -237,3 +237,15 @@ def test_once_with_workers_is_a_usage_error(net: Lab) -> None:
     assert result.returncode == 2
     assert result.stderr.decode().splitlines() == [
         "tcpscapy listen: --once serves one connection: it takes no --workers"]
+
+
+def test_a_port_in_use_is_exit_9_before_any_worker_starts(net: Lab) -> None:
+    with net.enter("server"):
+        holder = socket.create_server((SERVER, 0))
+    with holder:
+        port = holder.getsockname()[1]
+        result = tcpscapy_run(net, "server", "listen", f"{SERVER}:{port}", "--workers", "2")
+    assert result.returncode == 9
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcpscapy listen: ") and "in use" in lines[0]
+    assert guard_rules(net) == {} and lab_processes(net) == []
