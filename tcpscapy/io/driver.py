@@ -534,8 +534,8 @@ class Driver:
         Each batch is stamped when it is read, so a SYN-ACK read in the same turn
         as the SYN went out still shows the real round trip in the trace.
         """
-        stack, eps = self.stack, self._eps
-        stats = self.stats
+        stack, eps, ports = self.stack, self._eps, self._ports
+        stats, decode = self.stats, codec.decode
         fed = stats.received
         for link in self._reader_list:
             taken = 0
@@ -544,11 +544,11 @@ class Driver:
                 now = time.monotonic()
                 taken += len(batch)
                 for packet, skip_csum in batch:
-                    seg = codec.decode(packet, verify_checksum=not skip_csum)
+                    seg = decode(packet, verify_checksum=not skip_csum)
                     if seg is None:
                         stats.undecodable += 1
                         continue
-                    if not self.is_ours(seg):
+                    if (seg.dst, seg.dport) not in ports and (ANY, seg.dport) not in ports:
                         stats.foreign += 1  # e.g. the kernel's own connections
                         continue
                     stats.received += 1
@@ -1041,17 +1041,24 @@ def _describe_raw(packet: bytes) -> tuple[Segment | None, str]:
 # -- one driver per namespace -----------------------------------------------------------
 
 _all_drivers: set[Driver] = set()
-_defaults: dict[int, Driver] = {}
+_defaults: dict[str, Driver] = {}  # by namespace, 'net:[inode]'
 _defaults_lock = threading.Lock()
 
 
 def default_driver() -> Driver:
-    """The shared driver of the calling thread's network namespace, made on first use."""
-    ns_id = netns.current_id()
+    """The shared driver of the calling thread's network namespace, made on first use.
+
+    A live driver holds its namespace open, so the inode in the key cannot be
+    reused by another namespace while the driver is in the table.
+    """
+    key = plumbing.thread_netns_key()
+    driver = _defaults.get(key)  # a dict read is atomic: no lock on the hot path
+    if driver is not None and not driver.closed:
+        return driver
     with _defaults_lock:
-        driver = _defaults.get(ns_id)
+        driver = _defaults.get(key)
         if driver is None or driver.closed:
-            driver = _defaults[ns_id] = Driver()
+            driver = _defaults[key] = Driver()
         return driver
 
 

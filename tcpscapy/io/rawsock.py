@@ -254,13 +254,23 @@ class Link:
 
     def recv(self) -> Received | None:
         """The next queued packet for us, or None if nothing is queued (never blocks)."""
+        got = self.recv_many(1)
+        return got[0] if got else None
+
+    def recv_many(self, max_n: int = 64) -> list[Received]:
+        """Drain up to `max_n` queued packets without blocking.
+
+        One loop with everything in locals: it runs once per received segment.
+        """
         if self._closed:
             raise LinkError("recv on a closed link")
-        while True:
+        out: list[Received] = []
+        recvmsg_into, bufs, buf, view = self._rx.recvmsg_into, [self._view], self._buf, self._view
+        while len(out) < max_n:
             try:
-                n, ancdata, flags, addr = self._rx.recvmsg_into([self._view], _ANCBUF)
+                n, ancdata, flags, addr = recvmsg_into(bufs, _ANCBUF)
             except BlockingIOError:
-                return None
+                break
             if addr[2] == PACKET_OUTGOING:
                 continue
             if flags & socket.MSG_TRUNC:
@@ -270,21 +280,11 @@ class Link:
             for level, kind, data in ancdata:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status = _AUXDATA.unpack_from(data)[0]
-            packet = self._view[ETH_HLEN:n]
-            total = int.from_bytes(packet[2:4], "big")
-            if 20 <= total < len(packet):  # cut Ethernet padding; 0 = giant GSO packet
-                packet = packet[:total]
-            skip = bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))
-            return Received(bytes(packet), skip)
-
-    def recv_many(self, max_n: int = 64) -> list[Received]:
-        """Drain up to `max_n` queued packets without blocking."""
-        out: list[Received] = []
-        while len(out) < max_n:
-            item = self.recv()
-            if item is None:
-                break
-            out.append(item)
+            end = ETH_HLEN + (buf[ETH_HLEN + 2] << 8 | buf[ETH_HLEN + 3]) if n >= 18 else n
+            if not ETH_HLEN + 20 <= end < n:  # cut Ethernet padding; 0 = giant GSO packet
+                end = n
+            out.append(Received(bytes(view[ETH_HLEN:end]),
+                                bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))))
         return out
 
     def fileno(self) -> int:

@@ -154,3 +154,20 @@ def test_bulk_send_to_a_kernel_sink_is_intact_and_cut_at_the_mss(
     assert sum(1 for f in frames if len(f[TCP].payload) == full) > len(data) // full // 2
     bad = [f.summary() for f in frames if not checksums_ok(f)]
     assert not bad
+
+
+def test_the_namespace_key_follows_setns_and_threads(lab: Lab) -> None:
+    from tcpscapy import netns
+    from tcpscapy.io.plumbing import thread_netns_key
+
+    home = thread_netns_key()
+    assert home == f"net:[{netns.current_id()}]"
+    with lab.enter("client"):
+        inside = thread_netns_key()
+        assert inside == f"net:[{netns.current_id()}]" != home
+        other: list[str] = []
+        thread = threading.Thread(target=lambda: other.append(thread_netns_key()))
+        thread.start()
+        thread.join()
+        assert other == [inside]  # a new thread starts where its creator is
+    assert thread_netns_key() == home
