@@ -372,8 +372,11 @@ def _needs_tight(opts: Options) -> bool:
 def option_bytes(opts: Options) -> bytes:
     """The option bytes `encode` puts on the wire: `encode_options`, or the tight
     layout (no NOPs, EOL-padded) for options that only fit that way."""
-    if not _needs_tight(opts):
-        return encode_options(opts)
+    try:
+        return encode_options(opts)  # the usual case: one call, no layout check first
+    except (ValueError, struct.error):
+        if not _needs_tight(opts):
+            raise
     out = b"".join(bytes((kind, 2 + len(body))) + body for kind, body in _tight_fields(opts))
     return out + bytes(-len(out) % 4)
 
