@@ -171,3 +171,15 @@ def test_the_namespace_key_follows_setns_and_threads(lab: Lab) -> None:
         thread.join()
         assert other == [inside]  # a new thread starts where its creator is
     assert thread_netns_key() == home
+
+
+def test_links_without_offload_refuse_it_cleanly(lab: Lab) -> None:
+    seg = Segment("127.0.0.1", "127.0.0.1", 40124, 9, 1, 0, ACK, 512)
+    with lab.enter("client"):
+        plain = rawsock.open_link(lab.addr("server"), offload=False)
+        loopback = rawsock.open_link("127.0.0.1")
+    with plain, loopback:
+        for link in (plain, loopback):
+            assert not link.offload
+            with pytest.raises(rawsock.OffloadRefused):
+                link.send_offload(codec.encode_offload(seg))
