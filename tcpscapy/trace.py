@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import weakref
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -83,14 +81,11 @@ class TraceEntry:
 #                    plain tuple (direction, note, state_change, segment slot), told
 #                    from a Segment (a tuple subclass) by its type
 # A "segment" slot holds the Segment, None (undecodable), or the Segment packed
-# into bytes (see _pack): ~70 bytes instead of ~450. Packing costs ~1 µs a segment,
-# so it is done only for connections that idle after their handshake, which is
-# where a server with many connections spends its memory: when a connection is
-# established its rows are queued, and _PACK_AFTER establishments later (of any
-# trace) its handshake is packed if it has recorded at most one row since (the
-# client's ACK). Connections that moved on (data, close) are skipped: a
-# short-lived one costs nothing. The list is cut into chunks, so keeping the
-# newest `maxlen` rows drops whole chunks.
+# into bytes (see _pack): ~70 bytes instead of ~450. A server with many connections
+# spends its memory on idle ones, which hold little more than their handshake, so
+# the handshake's segments are packed when the connection is established (~2.5 µs,
+# once). The list is cut into chunks, so keeping the newest `maxlen` rows drops
+# whole chunks.
 
 
 _Tag = tuple[Any, str, Any, Any]
@@ -99,9 +94,6 @@ _STATE_TAGS: dict[str, dict[Any, dict[Any, _Tag]]] = {"local": {}, "peer": {}}
 _LIMITS: dict[int | None, tuple[int | None, int]] = {}  # maxlen -> (_keep, _cap)
 _ESTABLISHED = State.ESTABLISHED
 _PACK_BACK = 16  # rows of a handshake looked at, at most
-_PACK_AFTER = 32
-# (the trace, weakly: a busy one must not be kept alive; its rows' length then), in order
-_established: deque[tuple[weakref.ref[Trace], int]] = deque()
 _MIN_CHUNK, _MAX_CHUNK = 16, 1024  # rows per chunk: maxlen/16 within these bounds
 
 # src+dst sport dport seq ack flags window urgent | options present | mss wscale tsval tsecr
@@ -231,27 +223,11 @@ def _limits(maxlen: int | None) -> tuple[int | None, int]:
     return limits
 
 
-def _queue_established(trace: Trace) -> None:
-    """A connection was just established: queue it, and pack the handshake of the one
-    established _PACK_AFTER connections ago if it stayed idle (see above)."""
-    _established.append((weakref.ref(trace), len(trace._rows)))
-    if len(_established) > _PACK_AFTER:
-        try:
-            ref, length = _established.popleft()
-        except IndexError:  # another thread (another driver) took it
-            return
-        old = ref()
-        # (After a roll the test may pass for a busy trace: packing is still only
-        # equal values, so that costs a few µs, nothing else.)
-        if old is not None and len(old._rows) - length <= 2:
-            _pack_recent(old._rows)
-
-
 def _pack_recent(rows: list[Any]) -> None:
     """Pack the segments among the last _PACK_BACK rows, newest first, back to one
-    already packed. Each store replaces one slot with an equal value, so a reader
-    (or the owner appending, on another thread) is never disturbed."""
-    end = len(rows) & ~1  # whole rows: the owner may be appending one on its thread
+    already packed. Each store replaces one slot with an equal value, so a reader on
+    another thread is never disturbed."""
+    end = len(rows) & ~1
     for i in range(end - 2, max(end - 2 * _PACK_BACK, 0) - 1, -2):
         a, b = rows[i], rows[i + 1]
         if a is None or isinstance(a, tuple | bytes):  # received: (segment, time)
@@ -273,9 +249,9 @@ class Trace:
     """A list-like record of TraceEntry values, oldest first.
 
     Recording appends two slots to a list (~0.1 µs); TraceEntry objects are
-    made when read. `maxlen` keeps only the newest entries. The segments of a
-    connection that stays idle after its handshake are packed into bytes (and
-    rebuilt, equal, when read), so it holds a few hundred bytes of trace.
+    made when read. `maxlen` keeps only the newest entries. The handshake's
+    segments are packed into bytes when the connection is established (and
+    rebuilt, equal, when read), so an idle connection holds a few hundred bytes.
     `time_offset` is added to entry times in JSON and pcap exports, e.g.
     `time.time() - time.monotonic()` when the driver's clock is monotonic.
     """
@@ -284,7 +260,7 @@ class Trace:
     # else all chunks kept, oldest first, _rows last; a roll replaces it whole and
     # chunks only grow at the end, so a reader on another thread sees a consistent
     # record. _cap: slots at which _rows rolls over; _keep: slots shown (None: all).
-    __slots__ = ("__weakref__", "_cap", "_chunks", "_keep", "_rows", "time_offset")
+    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "time_offset")
 
     def __init__(self, entries: Iterable[TraceEntry] = (), *, maxlen: int | None = None,
                  time_offset: float = 0.0) -> None:
@@ -328,7 +304,7 @@ class Trace:
         if len(rows) >= self._cap:
             self._roll()
         elif new is _ESTABLISHED and side == "local":
-            _queue_established(self)
+            _pack_recent(rows)  # the handshake, which an idle connection keeps for good
 
     def append(self, entry: TraceEntry) -> None:
         direction, seg, change, note = (entry.direction, entry.segment, entry.state_change,
