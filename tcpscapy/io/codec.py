@@ -248,12 +248,14 @@ def gso_runs(segments: Sequence[Segment], max_bytes: int = _MAX_IP_LEN) -> list[
             if n < size or seg.flags & _RUN_ONLY_LAST:
                 run = []  # a short or final piece ends the run
             continue
+        if not n or seg.flags != _ACK:  # only a plain data segment can start a run
+            runs.append([seg])
+            run = []
+            continue
         run = [seg]
         runs.append(run)
         size = n
         total = 40 + len(_options_out(seg.options)) + n
-        if not n or seg.flags != _ACK:
-            run = []  # only a full, plain data segment can start a run
     return runs
 
 

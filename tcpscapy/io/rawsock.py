@@ -199,6 +199,7 @@ class Link:
             else b""
         )
         self._offload_tx = offload_tx
+        self._offload_prefixes: dict[tuple[int, int, int], bytes] = {}
         self.offload = offload_tx is not None  # send_offload works (remote peers only)
         self._closed = False
 
@@ -230,17 +231,31 @@ class Link:
         if sock is None or not self.offload:
             raise OffloadRefused(f"no offloaded sends on {self.iface}")
         ihl = (packet[0] & 0xF) * 4
-        header_len = ETH_HLEN + ihl + (packet[ihl + 12] >> 4) * 4
-        vnet = _VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                              VIRTIO_NET_HDR_GSO_TCPV4 if gso_size else VIRTIO_NET_HDR_GSO_NONE,
-                              header_len, gso_size, ETH_HLEN + ihl, _TCP_CSUM_AT)
+        key = (ihl, packet[ihl + 12] >> 4, gso_size)  # IP, TCP header lengths; GSO size
+        prefix = self._offload_prefixes.get(key) or self._offload_prefix(key)
         try:
-            self._send(sock, sock.sendmsg, [vnet, self._eth_header, packet])
+            try:
+                sock.sendmsg([prefix, packet])
+            except BlockingIOError:
+                self._send(sock, sock.sendmsg, [prefix, packet])
         except OSError as exc:
             if exc.errno not in _REFUSED:
                 raise
             self.offload = False
             raise OffloadRefused(f"offloaded send refused on {self.iface}: {exc}") from None
+
+    def _offload_prefix(self, key: tuple[int, int, int]) -> bytes:
+        """virtio_net_hdr + Ethernet header for one layout, built once: a connection
+        repeats a few (pure ACK, full segment, GSO run)."""
+        ihl, tcp_words, gso_size = key
+        vnet = _VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                              VIRTIO_NET_HDR_GSO_TCPV4 if gso_size else VIRTIO_NET_HDR_GSO_NONE,
+                              ETH_HLEN + ihl + tcp_words * 4, gso_size, ETH_HLEN + ihl,
+                              _TCP_CSUM_AT)
+        if len(self._offload_prefixes) >= 64:
+            self._offload_prefixes.clear()
+        prefix = self._offload_prefixes[key] = vnet + self._eth_header
+        return prefix
 
     def _send(self, sock: socket.socket, send: Callable[..., int], *args: object) -> None:
         """send(*args), waiting once (up to SEND_WAIT s) for room in a full send queue."""
