@@ -295,8 +295,10 @@ def _parse(packet: bytes | bytearray | memoryview, verify_checksum: bool) -> Seg
     if verify_checksum:
         if int.from_bytes(packet[:ihl], "big") % 0xFFFF:
             return "bad IP checksum"
+        # The IP header sums to zero now, so the sum may start at the packet's first
+        # byte: no copy of the segment when nothing follows it.
         total = (int.from_bytes(src + dst, "big") + IPPROTO_TCP + ip_len - ihl
-                 + _sum16(packet[ihl:ip_len]))
+                 + _sum16(packet if ip_len == size else packet[:ip_len]))
         if total % 0xFFFF:
             return "bad TCP checksum"
     opts = _options_in(bytes(packet[ihl + 20 : data_at])) if data_at > ihl + 20 else NO_OPTIONS
