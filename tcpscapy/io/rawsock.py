@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
+import mmap
 import select
 import socket
 import struct
@@ -53,6 +54,14 @@ VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4 = 0, 1
 _VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
 _TCP_CSUM_AT = 16  # the checksum field's offset in the TCP header
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP)  # what a kernel without the offload answers
+PACKET_RX_RING, PACKET_VERSION, PACKET_COPY_THRESH, TPACKET_V2 = 5, 10, 7, 1
+TP_STATUS_USER, TP_STATUS_COPY = 1, 2
+RING_FRAME = 2048  # bytes per ring slot: an Ethernet frame of MTU 1500 and the headers
+RING_FRAMES = 1024  # slots: more than a receive window of full segments
+_RING_BLOCK = 64 * 1024
+_TP2_HDR = struct.Struct("=IIIHH")  # struct tpacket2_hdr: status, len, snaplen, mac, net
+_TP2_PKTTYPE_AT = 32 + 10  # sockaddr_ll after the 32-byte header: sll_pkttype
+_KERNEL_OWNS = bytes(4)  # TP_STATUS_KERNEL: the slot goes back to the kernel
 TP_STATUS_CSUMNOTREADY = 1 << 3  # locally generated, checksum left for the NIC/stack
 TP_STATUS_CSUM_VALID = 1 << 7  # checksum already verified
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
@@ -116,7 +125,10 @@ def _attach_filter(sock: socket.socket, program: bytes) -> None:
 
 
 def _packet_socket(iface: str, dst_ip: str) -> socket.socket:
-    """AF_PACKET socket on `iface` that receives only TCP/IPv4 packets for `dst_ip`."""
+    """AF_PACKET socket on `iface` that receives only TCP/IPv4 packets for `dst_ip`.
+
+    (open_link adds an _RxRing to it for a remote peer's link.)
+    """
     # Protocol 0 receives nothing until bind(), so no unfiltered packet slips in first.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
@@ -153,6 +165,39 @@ def _offload_socket(iface: str) -> socket.socket | None:
     return sock
 
 
+class _RxRing:
+    """A PACKET_RX_RING (TPACKET_V2) on a receiving packet socket.
+
+    The kernel writes each frame into a slot of memory we share with it, so a
+    busy receive takes no syscall per packet. Version 2 because version 3 hands
+    over whole blocks only when full or on a timer (a millisecond or more of
+    latency); a slot is RING_FRAME bytes, and a frame that does not fit is
+    also queued whole on the socket (PACKET_COPY_THRESH) and read from there.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
+        blocks = RING_FRAMES * RING_FRAME // _RING_BLOCK
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING,
+                        struct.pack("=IIII", _RING_BLOCK, blocks, RING_FRAME, RING_FRAMES))
+        self.map = mmap.mmap(sock.fileno(), _RING_BLOCK * blocks)
+        self.pos = 0  # the next slot to read
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def _ring_or_none(sock: socket.socket | object) -> _RxRing | None:
+    """An _RxRing on `sock`, or None where the kernel refuses one (then recvmsg it is)."""
+    if not isinstance(sock, socket.socket):
+        return None
+    try:
+        return _RxRing(sock)
+    except OSError:
+        return None
+
+
 def _raw_ip_socket(mark: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # implies HDRINCL
     try:
@@ -180,6 +225,7 @@ class Link:
         next_hop: str | None,
         mark: int,
         offload_tx: socket.socket | None = None,
+        ring: bool = False,
     ) -> None:
         self.iface = iface
         self.src_ip = src_ip
@@ -199,6 +245,7 @@ class Link:
             else b""
         )
         self._offload_tx = offload_tx
+        self._ring = _ring_or_none(rx) if ring else None
         self._offload_prefixes: dict[tuple[int, int, int], bytes] = {}
         self.offload = offload_tx is not None  # send_offload works (remote peers only)
         self._closed = False
@@ -273,12 +320,45 @@ class Link:
         return got[0] if got else None
 
     def recv_many(self, max_n: int = 64) -> list[Received]:
-        """Drain up to `max_n` queued packets without blocking.
+        """Drain up to `max_n` queued packets without blocking."""
+        if self._closed:
+            raise LinkError("recv on a closed link")
+        if self._ring is not None:
+            return self._recv_ring(self._ring, max_n)
+        return self._recv_queued(max_n)
+
+    def _recv_ring(self, ring: _RxRing, max_n: int) -> list[Received]:
+        """Up to `max_n` packets from the ring's slots (see _RxRing)."""
+        out: list[Received] = []
+        mm, pos = ring.map, ring.pos
+        while len(out) < max_n:
+            at = pos * RING_FRAME
+            status, size, snap, mac, net = _TP2_HDR.unpack_from(mm, at)
+            if not status & TP_STATUS_USER:
+                break
+            if mm[at + _TP2_PKTTYPE_AT] == PACKET_OUTGOING:
+                pass
+            elif status & TP_STATUS_COPY:  # too big for a slot: read the whole copy
+                out += self._recv_queued(1)
+            elif snap < size:
+                self.truncated += 1
+            else:
+                end = at + mac + snap
+                total = mm[at + net + 2] << 8 | mm[at + net + 3]
+                if 20 <= total < end - at - net:  # cut Ethernet padding
+                    end = at + net + total
+                out.append(Received(mm[at + net : end],
+                                    bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))))
+            mm[at : at + 4] = _KERNEL_OWNS
+            pos = (pos + 1) % RING_FRAMES
+        ring.pos = pos
+        return out
+
+    def _recv_queued(self, max_n: int) -> list[Received]:
+        """Up to `max_n` packets from the socket's queue, one recvmsg each.
 
         One loop with everything in locals: it runs once per received segment.
         """
-        if self._closed:
-            raise LinkError("recv on a closed link")
         out: list[Received] = []
         recvmsg_into, bufs, buf, view = self._rx.recvmsg_into, [self._view], self._buf, self._view
         while len(out) < max_n:
@@ -315,6 +395,8 @@ class Link:
             self._tx.close()
         if self._offload_tx is not None:
             self._offload_tx.close()
+        if self._ring is not None:
+            self._ring.close()
 
     def __enter__(self) -> Link:
         return self
@@ -377,7 +459,7 @@ def open_link(
         raise
     return Link(rx=sock, tx=sock, iface=route_iface, src_ip=src, dst_ip=dst, src_mac=src_mac,
                 dst_mac=dst_mac, next_hop=next_hop, mark=mark,
-                offload_tx=_offload_socket(route_iface) if offload else None)
+                offload_tx=_offload_socket(route_iface) if offload else None, ring=True)
 
 
 def _ipv4(text: str, what: str) -> str:

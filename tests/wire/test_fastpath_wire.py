@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -183,3 +184,33 @@ def test_links_without_offload_refuse_it_cleanly(lab: Lab) -> None:
             assert not link.offload
             with pytest.raises(rawsock.OffloadRefused):
                 link.send_offload(codec.encode_offload(seg))
+
+
+def set_mtu(lab: Lab, mtu: int) -> None:
+    for ns, dev in ((lab.ns("client"), "eth0"), (lab.switch_ns, "client"),
+                    (lab.switch_ns, "server"), (lab.switch_ns, "br0"), (lab.ns("server"), "eth0")):
+        subprocess.run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], check=True)
+
+
+def test_the_receive_ring_reads_small_and_oversized_frames(lab: Lab) -> None:
+    set_mtu(lab, 9000)
+    with lab.enter("client"):
+        link = rawsock.open_link(lab.addr("server"))
+    with lab.enter("server"):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        tx.bind(("eth0", 0))
+    with link, tx:
+        assert link._ring is not None
+        eth = bytes.fromhex(link.src_mac.replace(":", "")) + tx.getsockname()[4][:6] + b"\x08\x00"
+        sizes = (0, 1000, 6000)  # fits a slot; fits; only the whole copy holds it
+        sent = [codec.encode(Segment(link.dst_ip, link.src_ip, 9, 40125, n, 0, ACK, 512,
+                                     payload=os.urandom(n))) for n in sizes]
+        for packet in sent:
+            tx.send(eth + packet)
+        got: list[bytes] = []
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            got += [r.packet for r in link.recv_many()]
+            time.sleep(0.01)
+    assert got == sent
+    assert link.truncated == 0
