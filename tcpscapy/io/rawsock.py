@@ -19,6 +19,9 @@ size, to cut one packet of up to 64 KB into segments of that many payload bytes:
 sendmsg instead of one per segment (~15 µs each on veth). The kernel does both in
 software when the device has no offloads. Where the option is refused, `offload` is
 False and the caller sends ordinary packets.
+
+A remote peer's link also receives through a ring shared with the kernel (_RxRing,
+2 MB): no recvmsg per packet.
 """
 
 from __future__ import annotations
