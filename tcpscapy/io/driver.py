@@ -425,6 +425,10 @@ class Driver:
             self._service(None)  # the answer may already be queued
             if self._dirty:
                 self._notify()
+                # What we just read may be what the leader, asleep in select(), waits for.
+                leader = self._leader
+                if leader is not None and leader != threading.get_ident():
+                    self._wake()
             while not ready():
                 self._check_alive()
                 now = time.monotonic()
