@@ -78,6 +78,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("2 tcpscapy listener processes / 1", wire.SERVER_TCPSCAPY_2, wire.SERVER_TCPSCAPY, None),
     ("2 processes fed only their port / 1", wire.SERVER_TCPSCAPY_2_OWN, wire.SERVER_TCPSCAPY,
      None),
+    ("tcpscapy listen --workers 2 / tcpscapy listen", wire.SERVER_CLI_WORKERS_2, wire.SERVER_CLI,
+     None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
 ]
