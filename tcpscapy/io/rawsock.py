@@ -21,7 +21,7 @@ software when the device has no offloads. Where the option is refused, `offload`
 False and the caller sends ordinary packets.
 
 A remote peer's link also receives through a ring shared with the kernel (_RxRing,
-2 MB): no recvmsg per packet.
+8 MB): no recvmsg per packet.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP)  # what a kernel without the offload
 PACKET_RX_RING, PACKET_VERSION, PACKET_COPY_THRESH, TPACKET_V2 = 5, 10, 7, 1
 TP_STATUS_USER, TP_STATUS_COPY = 1, 2
 RING_FRAME = 2048  # bytes per ring slot: an Ethernet frame of MTU 1500 and the headers
-RING_FRAMES = 1024  # slots: more than a receive window of full segments
+RING_FRAMES = 4096  # slots (8 MB): bursts as long as the 4 MB socket buffer held of small frames
 _RING_BLOCK = 64 * 1024
 _TP2_HDR = struct.Struct("=IIIHH")  # struct tpacket2_hdr: status, len, snaplen, mac, net
 _TP2_PKTTYPE_AT = 32 + 10  # sockaddr_ll after the 32-byte header: sll_pkttype
