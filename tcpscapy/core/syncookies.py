@@ -195,24 +195,24 @@ class SynCookies:
     def synack(self, syn: Segment, now: float) -> Segment:
         """The SYN-ACK a Connection would send for `syn`, with a cookie as its ISN."""
         cfg = self.config
-        opts = syn.options
-        four_tuple = tuple_bytes(syn.src, syn.dst, syn.sport, syn.dport)
+        src, dst, sport, dport, seq, _, _, _, opts = syn[:9]
+        four_tuple = tuple_bytes(src, dst, sport, dport)
         index = mss_index(opts.mss if opts.mss is not None else DEFAULT_MSS)
-        iss = make_cookie(self.keys(now), four_tuple, syn.seq, cookie_count(now), index)
-        if cfg.timestamps and opts.timestamps is not None:
+        iss = make_cookie(self.keys(now), four_tuple, seq, cookie_count(now), index)
+        stamps = opts.timestamps
+        if cfg.timestamps and stamps is not None:
             # Window scaling holds only if both sides offer it, as in Connection._negotiate.
             peer_ws = ours = None
             if cfg.wscale is not None and opts.wscale is not None:
                 peer_ws, ours = min(opts.wscale, MAX_WSCALE), min(cfg.wscale, MAX_WSCALE)
             sack_ok = cfg.sack and opts.sack_permitted
-            offset = timestamp_offset((syn.dst, syn.dport), (syn.src, syn.sport), cfg.secret)
+            offset = timestamp_offset((dst, dport), (src, sport), cfg.secret)
             tsval = (encode_ts(int(now * 1000), peer_ws, sack_ok) + offset) & MASK  # _ts_clock
-            options = Options(mss=cfg.mss, wscale=ours, sack_permitted=sack_ok,
-                              timestamps=(tsval, opts.timestamps[0]))
+            options = Options(cfg.mss, ours, sack_ok, (tsval, stamps[0]))
         else:
-            options = Options(mss=cfg.mss)  # no timestamps: nowhere to keep wscale and SACK
-        return Segment(syn.dst, syn.src, syn.dport, syn.sport, iss, seq_add(syn.seq, 1),
-                       SYN | ACK, min(cfg.recv_buffer, 0xFFFF), options)
+            options = Options(cfg.mss)  # no timestamps: nowhere to keep wscale and SACK
+        return Segment(dst, src, dport, sport, iss, (seq + 1) & MASK, SYN | ACK,
+                       min(cfg.recv_buffer, 0xFFFF), options)
 
     def check(self, ack: Segment, now: float) -> CookieOptions | None:
         """The options a cookie ACK (acking our cookie SYN-ACK) carries, or None if invalid."""
