@@ -7,8 +7,6 @@ forks, which it refuses to do beside other threads, such as a test runner's).
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from tcpscapy.core.state import State
 from tcpscapy.io import workers
 from tcpscapy.io.guard import RstGuard
 from tcpscapy.io.workers import FanOut
+from tests.wire.cli_helpers import still_there_after
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER, CLIENT = "10.9.0.2", "10.9.0.1"
@@ -242,19 +241,8 @@ def test_workers_die_with_their_parent() -> None:
     pids = json.loads(done.stdout.splitlines()[-1])
     assert len(pids) == 2
     for pid in pids:
-        assert not _still_there_after(pid, 20.0), f"worker {pid} outlived its parent"
+        assert not still_there_after(pid, 20.0), f"worker {pid} outlived its parent"
 
 
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
-
-
-def _still_there_after(pid: int, limit: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        return not select.select([fd], [], [], limit)[0]
-    finally:
-        os.close(fd)

@@ -169,3 +169,15 @@ def finish(lab: Lab) -> None:
             proc.terminate()
             proc.communicate(timeout=15)
     assert_clean(lab)
+
+
+def still_there_after(pid: int, limit: float) -> bool:
+    """True if process `pid` has not ended within `limit` seconds (a pidfd: no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        return not select.select([fd], [], [], limit)[0]
+    finally:
+        os.close(fd)

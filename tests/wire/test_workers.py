@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from tests.wire.cli_helpers import (
     guard_rules,
     lab_processes,
     read_until,
+    still_there_after,
     tcp_counters,
     tcpscapy_popen,
     tcpscapy_run,
@@ -210,7 +210,7 @@ def test_a_killed_parent_takes_its_workers_along_and_its_rule_is_stale(net: Lab)
     proc.communicate(timeout=30)
     # PR_SET_PDEATHSIG: each worker gets SIGTERM and stops; wait for them (bounded).
     for pid in listening["pids"]:
-        assert not _still_there_after(pid, 30.0), f"worker {pid} outlived its parent"
+        assert not still_there_after(pid, 30.0), f"worker {pid} outlived its parent"
     with net.enter("server"):
         (rule,) = iptables.status()
     assert (rule.pid, rule.alive, rule.port) == (proc.pid, False, PORT)
@@ -219,17 +219,6 @@ def test_a_killed_parent_takes_its_workers_along_and_its_rule_is_stale(net: Lab)
     assert cleaned.returncode == 0, cleaned.stderr
     assert_clean(net)
 
-
-def _still_there_after(pid: int, limit: float) -> bool:
-    """Wait until process `pid` is gone; True if it was still there after `limit` s."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        return not select.select([fd], [], [], limit)[0]
-    finally:
-        os.close(fd)
 
 
 def test_once_with_workers_is_a_usage_error(net: Lab) -> None:
