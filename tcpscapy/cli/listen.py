@@ -205,12 +205,21 @@ class Server:
 
     def _report(self, session: Session, failure: BaseException | None, *,
                 stopped: bool = False) -> None:
-        """The connection's summary line (and ladder, and pcap packets), once."""
-        with self._lock:
-            if session.reported:
-                return
-            session.reported = True
-            self._active.discard(session)
+        """The connection's summary line (and ladder, and pcap packets), once.
+
+        All under the output lock: a summary taken meanwhile (stop() then report())
+        waits for a report in progress, so it counts every connection whose line is out.
+        """
+        with self.out.lock:
+            with self._lock:
+                if session.reported:
+                    return
+                session.reported = True
+                self._active.discard(session)
+            self._write_report(session, failure, stopped)
+
+    def _write_report(self, session: Session, failure: BaseException | None,
+                      stopped: bool) -> None:
         conn, io = session.conn, session.io
         duration = time.monotonic() - session.started
         peer = "{}:{}".format(*conn.remote)
@@ -225,27 +234,26 @@ class Server:
         else:
             ended = f"{conn.state}: the FIN exchange did not finish in {CLOSE_TIMEOUT:g} s"
         trace = session.recorder.snapshot()
-        with self.out.lock:
-            self.totals.connections += 1
-            self.totals.bytes_in += io.bytes_in
-            self.totals.bytes_out += io.bytes_out
-            if self.out.style == "json":
-                if self.verbose:
-                    self.out.lines(entry_json(e, trace.time_offset, conn=peer) for e in trace)
-                self.out.json(type="connection", peer=peer, bytes_in=io.bytes_in,
-                              bytes_out=io.bytes_out, duration=round(duration, 6),
-                              state=str(conn.state), ended=ended)
-            else:
-                if self.verbose:
-                    self.out.line(ladder(trace, relative=self.out.relative, width=self.out.width,
-                                         color=self.out.color, ascii_only=self.out.ascii_only))
-                self.out.line(f"{peer}  in {io.bytes_in} B  out {io.bytes_out} B  "
-                              f"{duration:.3f} s  {ended}")
-            if self.pcap is not None:
-                self.pcap.write(list(trace.to_scapy()))
-                self.pcap.flush()
-            if self.svg is not None:
-                self._write_svg(trace, conn)
+        self.totals.connections += 1
+        self.totals.bytes_in += io.bytes_in
+        self.totals.bytes_out += io.bytes_out
+        if self.out.style == "json":
+            if self.verbose:
+                self.out.lines(entry_json(e, trace.time_offset, conn=peer) for e in trace)
+            self.out.json(type="connection", peer=peer, bytes_in=io.bytes_in,
+                          bytes_out=io.bytes_out, duration=round(duration, 6),
+                          state=str(conn.state), ended=ended)
+        else:
+            if self.verbose:
+                self.out.line(ladder(trace, relative=self.out.relative, width=self.out.width,
+                                     color=self.out.color, ascii_only=self.out.ascii_only))
+            self.out.line(f"{peer}  in {io.bytes_in} B  out {io.bytes_out} B  "
+                          f"{duration:.3f} s  {ended}")
+        if self.pcap is not None:
+            self.pcap.write(list(trace.to_scapy()))
+            self.pcap.flush()
+        if self.svg is not None:
+            self._write_svg(trace, conn)
 
     def _write_svg(self, trace: Any, conn: Connection) -> None:
         """The connection's ladder as SVG: FILE itself with --once, else FILE named
