@@ -259,8 +259,7 @@ class SenderMixin:
         if seq_le(buf.end, self.snd_nxt) and self._fin_seq != self.snd_nxt and (
                 self._lost_upto is None or not seq_lt(self._rtx_nxt, self._lost_upto)):
             # Nothing new, no FIN due, nothing presumed lost: the common case on every ACK.
-            self._persist_due = None
-            self._persist_backoff = 0
+            self._arm_persist(now)
             return
         cfg, mss = self.config, self.max_payload()
         while True:

@@ -24,6 +24,7 @@ from tcpscapy.core.state import State
 from tcpscapy.io import workers
 from tcpscapy.io.guard import RstGuard
 from tcpscapy.io.workers import FanOut
+from tests.io.test_driver_unit import FakeReservation
 from tests.wire.cli_helpers import still_there_after
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,15 +83,6 @@ def test_a_syn_cookie_is_rejected_by_a_stack_with_another_secret() -> None:
 
 
 # -- the worker's factories -------------------------------------------------------------------
-
-
-class FakeReservation:
-    def __init__(self, ip: str, port: int) -> None:
-        self.ip, self.port = ip, port
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def test_the_listening_port_is_the_parents_other_ports_are_reserved_as_ever() -> None:

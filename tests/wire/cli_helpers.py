@@ -181,3 +181,13 @@ def still_there_after(pid: int, limit: float) -> bool:
         return not select.select([fd], [], [], limit)[0]
     finally:
         os.close(fd)
+
+
+def recv_exactly(conn: Any, size: int) -> bytes:
+    """Exactly `size` bytes from a tcpscapy Connection (15 s a read); fails if it closes first."""
+    got = bytearray()
+    while len(got) < size:
+        chunk = conn.recv(timeout=15)
+        assert chunk, "the peer closed early"
+        got += chunk
+    return bytes(got)

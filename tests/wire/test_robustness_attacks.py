@@ -43,6 +43,7 @@ from tests.wire.cli_helpers import (
     SERVER,
     assert_clean,
     kernel_server,
+    recv_exactly,
     tcp_counters,
 )
 
@@ -86,15 +87,6 @@ def answer_to(conn: tcpscapy.Connection, injected: Segment, wait: float = 3.0) -
                 return after[0]
         time.sleep(0.01)
     return None
-
-
-def recv_exactly(conn: tcpscapy.Connection, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        chunk = conn.recv(timeout=15)
-        assert chunk, "the peer closed early"
-        got += chunk
-    return bytes(got)
 
 
 # -- blind injection --------------------------------------------------------------------

@@ -48,6 +48,7 @@ from tests.wire.cli_helpers import (
     finish,
     kernel_server,
     read_until,
+    recv_exactly,
     tcp_counters,
     tcpscapy_popen,
 )
@@ -407,15 +408,6 @@ def test_cli_connect_survives_10k_malformed_segments(net: Lab) -> None:
     out, err = proc.communicate(after, timeout=30)
     assert (proc.returncode, err) == (0, b"")
     assert out == after
-
-
-def recv_exactly(conn: tcpscapy.Connection, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        chunk = conn.recv(timeout=15)
-        assert chunk, "the peer closed early"
-        got += chunk
-    return bytes(got)
 
 
 def read_by(driver: Driver) -> int:
