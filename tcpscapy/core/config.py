@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .cc import CONTROLLERS
+
 MSL_RFC = 120.0  # RFC 9293 §3.4.2: Maximum Segment Lifetime, two minutes
 
 
@@ -23,9 +25,13 @@ class Config:
     # Timers (seconds).
     msl: float = MSL_RFC  # TIME-WAIT lasts 2 * msl
     rto_initial: float = 1.0  # RFC 6298 (2.1)
-    rto_min: float = 1.0  # RFC 6298 (2.4)
+    # 200 ms as Linux (TCP_RTO_MIN), not RFC 6298's 1 s SHOULD: with RACK-TLP an RTO is
+    # the last resort, and a LAN path's RTT is far below it (README "Loss recovery").
+    rto_min: float = 0.2
     rto_max: float = 120.0  # RFC 6298 (2.5): at least 60 s
-    delayed_ack: float = 0.2  # 0 turns delayed ACKs off (MUST-40: under 0.5 s)
+    # 40 ms as Linux (TCP_ATO_MIN): well under the 200 ms RTO floor, so a lone segment's
+    # delayed ACK never races the timer. 0 turns delayed ACKs off (MUST-40: under 0.5 s).
+    delayed_ack: float = 0.04
     # Giving up. 7 SYN retransmissions with doubling RTO keep trying for 255 s,
     # past the three minutes of MUST-23; 15 for data is Linux's tcp_retries2.
     syn_retries: int = 7
@@ -38,6 +44,14 @@ class Config:
     # Behaviour.
     nagle: bool = True
     initial_window_segments: int = 10  # RFC 6928
+    cc: str = "cubic"  # congestion control: "newreno", "cubic" (RFC 9438) or "bbr" (v1)
+    # ECN (RFC 3168), as Linux's net.ipv4.tcp_ecn: "off" (0), "on" (1: ask on active
+    # opens, accept on passive ones) or "passive" (2, Linux's default: accept only).
+    ecn: str = "passive"
+    # Receive-buffer auto-tuning (Linux's DRS): the window grows from recv_buffer up to
+    # this when the application reads at more than half a window per RTT; 0: fixed.
+    recv_buffer_max: int = 6 << 20
+    quickacks: int = 16  # ACK every segment for this many at the start and after reordering
     challenge_ack_limit: int = 1000  # per second, RFC 5961 §7
     rst_for_closed_port: bool = True  # answer segments for no connection with RST
     backlog: int = 128  # SYN-RECEIVED plus not-yet-accepted connections per listener
@@ -55,6 +69,13 @@ class Config:
     tfo_max_pending: int = 64  # TFO connections not yet fully established, per listener
     # Secrets, injected by the I/O layer (os.urandom) or fixed by tests.
     secret: bytes = field(default=bytes(16), repr=False)  # never printed
+
+    def __post_init__(self) -> None:
+        if self.cc not in CONTROLLERS:
+            raise ValueError(f"unknown congestion control {self.cc!r} "
+                             f"(choose from {', '.join(CONTROLLERS)})")
+        if self.ecn not in ("off", "on", "passive"):
+            raise ValueError(f"ecn must be 'off', 'on' or 'passive', not {self.ecn!r}")
 
     def with_(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]

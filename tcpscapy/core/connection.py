@@ -19,9 +19,10 @@ from .config import Config
 from .errors import LocalProtocolError
 from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
+from .rcvbuf import RecvBuffer
 from .reassembly import Reassembly
 from .rtt import RttEstimator
-from .segment import ACK, FIN, RST, SYN, URG, Segment
+from .segment import ACK, CE, CWR, ECE, FIN, RST, SYN, URG, Segment
 from .sendbuf import SendBuffer
 from .sending import Recovery, SenderMixin
 from .seq import MASK, between, in_window, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
@@ -62,14 +63,15 @@ class Connection(SenderMixin):
     # Slots: a connection costs about half the memory of one with a __dict__, which
     # matters with ten thousand of them; every attribute is set in __init__.
     __slots__ = ("_ack_due", "_ack_now", "_app_closed", "_challenge_count", "_challenge_window",
-                 "_events", "_fin_queued", "_fin_rcvd_seq", "_fin_seq", "_last_ack_sent", "_now",
-                 "_out", "_reassembly", "_retries", "_rto_due", "_rtt_sent_at", "_rtt_seq",
-                 "_send_blocked", "_sendbuf", "_state", "_time_wait_due", "_ts_offset",
-                 "_unacked_bytes", "_unread", "close_cause", "close_reason", "config", "irs",
-                 "iss", "listener", "local", "max_snd_wnd", "on_activity", "passive", "rcv_adv",
-                 "rcv_nxt", "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss", "snd_nxt",
-                 "snd_una", "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo",
-                 "timer_scheduled", "ts_ok", "ts_recent", "ws_ok")
+                 "_ece_echo", "_events", "_fin_queued", "_fin_rcvd_seq", "_fin_seq",
+                 "_last_ack_sent", "_now", "_out", "_quickacks", "_rcvbuf", "_reassembly",
+                 "_retries", "_rto_due", "_rtt_sent_at", "_rtt_seq", "_send_blocked", "_sendbuf",
+                 "_state", "_time_wait_due", "_ts_offset", "_unacked_bytes", "_unread",
+                 "close_cause", "close_reason", "config", "ecn_ok", "irs", "iss", "listener",
+                 "local", "max_snd_wnd", "on_activity", "passive", "rcv_adv", "rcv_nxt",
+                 "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss", "snd_nxt", "snd_una",
+                 "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo", "timer_scheduled", "ts_ok",
+                 "ts_recent", "ws_ok")
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int],
                  config: Config | None = None) -> None:
@@ -123,6 +125,10 @@ class Connection(SenderMixin):
         self._retries = 0
         self._rtt_seq: int | None = None  # Karn: the segment being timed, if not retransmitted
         self._rtt_sent_at = 0.0
+        self.ecn_ok = False  # RFC 3168, agreed in the handshake
+        self._ece_echo = False  # a CE mark arrived: ECE on our ACKs until the peer's CWR
+        self._quickacks = 0  # ACKs still to send at once (Linux's quickack mode)
+        self._rcvbuf = RecvBuffer(cfg.recv_buffer, cfg.recv_buffer_max)
         self._init_sender()
         # TIME-WAIT and challenge-ACK throttling.
         self._time_wait_due: float | None = None
@@ -214,6 +220,7 @@ class Connection(SenderMixin):
         self.irs = syn.seq
         self.rcv_nxt = self.rcv_adv = seq_add(syn.seq, 1)  # data in a plain SYN: not accepted
         self._negotiate(syn.options)
+        self.ecn_ok = self.config.ecn != "off" and syn.flags & (ECE | CWR) == ECE | CWR
         self._take_window(syn, scaled=False)
         self._set_state(State.SYN_RECEIVED)
         if tfo_allowed:
@@ -221,7 +228,7 @@ class Connection(SenderMixin):
         self._send_syn(now)
 
     def accept_cookie_ack(self, ack: Segment, now: float, *, iss: int, mss: int,
-                          peer_wscale: int | None, sack: bool) -> None:
+                          peer_wscale: int | None, sack: bool, ecn: bool = False) -> None:
         """Passive open rebuilt from a valid SYN cookie, as if our SYN-ACK had gone out.
 
         `iss` is the cookie; `mss`, `peer_wscale` and `sack` are what it encoded.
@@ -244,6 +251,7 @@ class Connection(SenderMixin):
         self.snd_wscale = min(peer_wscale or 0, MAX_WSCALE) if self.ws_ok else 0
         self.rcv_wscale = self._our_wscale() if self.ws_ok else 0
         self.sack_ok = cfg.sack and sack
+        self.ecn_ok = cfg.ecn != "off" and ecn
         ts = ack.options.timestamps
         self.ts_ok = cfg.timestamps and ts is not None
         if ts is not None:
@@ -300,6 +308,7 @@ class Connection(SenderMixin):
         """The application read `nbytes` of delivered data: reopen that much window."""
         before = self._window_to_advertise()
         self._unread = max(self._unread - nbytes, 0)
+        self._rcvbuf.on_read(nbytes, self._now, self.rtt.srtt)
         # Tell the peer once the window grew enough to matter (MUST-39), or reopened.
         grown = self._window_to_advertise() - before
         worth_telling = min(self.config.recv_buffer // 2, self._rcv_mss())
@@ -338,6 +347,8 @@ class Connection(SenderMixin):
         if state is State.CLOSED:
             return  # the stack answers segments for no connection
         self._heard_from_peer(now)
+        if self.ecn_ok and (seg.ecn == CE or seg.flags & CWR):
+            self._ecn_mark(seg)
         if state is State.SYN_SENT:
             self._receive_in_syn_sent(seg, now)
             return
@@ -414,6 +425,7 @@ class Connection(SenderMixin):
         self.rcv_adv = seq_add(self.rcv_nxt, min(self._window_to_advertise(), 0xFFFF))
         self._negotiate(seg.options)
         if flags & ACK:
+            self.ecn_ok = self.config.ecn == "on" and flags & (ECE | CWR) == ECE
             self._take_window(seg, scaled=False)
             self._tfo_on_synack(seg)
             self._ack_advance(seg, now)
@@ -565,6 +577,7 @@ class Connection(SenderMixin):
                 self._schedule_ack(len(seg.payload), now)
             else:
                 self._reassembly.add(self.rcv_nxt, seg.seq, seg.payload)
+                self._quickacks = self.config.quickacks  # reordering: ACK at once for a while
                 self._send_ack_now()  # out of order: one duplicate ACK each, at once (RFC 5681)
         if seg.flags & FIN and state.synchronized:
             fin_seq = seq_add(seg.seq, len(seg.payload))
@@ -610,7 +623,8 @@ class Connection(SenderMixin):
 
     def _enter_established(self) -> None:
         self._retries = 0
-        self.cwnd = self.config.initial_window_segments * self.snd_mss
+        self._start_cc()
+        self._quickacks = self.config.quickacks
         self._sendbuf.ack_to(self.snd_una)
         self._set_state(State.ESTABLISHED)
         self._heard_from_peer(self._now)  # arms keepalive
@@ -678,7 +692,7 @@ class Connection(SenderMixin):
         data = syn.payload[: self.config.recv_buffer]
         fo.syn_data = len(data)
         self.rcv_nxt = seq_add(self.rcv_nxt, len(data))
-        self.cwnd = self.config.initial_window_segments * self.snd_mss
+        self._start_cc()
         if data:
             self._deliver(data)
 
@@ -714,6 +728,10 @@ class Connection(SenderMixin):
         carries the cookie the server chose to send, if any.
         """
         flags = SYN | ACK if self._state is State.SYN_RECEIVED else SYN
+        if flags & ACK:
+            flags |= ECE if self.ecn_ok else 0  # RFC 3168 §6.1.1: ECN-setup SYN-ACK
+        elif self.config.ecn == "on":
+            flags |= ECE | CWR  # ECN-setup SYN
         options, payload = self._syn_options(), b""
         fo = self.tfo
         if fo is not None and fo.cookie_sent is not None and (self.passive or not retransmission):
@@ -729,7 +747,7 @@ class Connection(SenderMixin):
 
     def _window_to_advertise(self) -> int:
         """Free receive buffer, kept from moving the right edge left (RFC 9293 §3.8.6.2.2)."""
-        buffer = self.config.recv_buffer
+        buffer = self._rcvbuf.size
         free = buffer - self._unread
         promised = seq_diff(self.rcv_adv, self.rcv_nxt)
         if promised < 0:
@@ -743,7 +761,7 @@ class Connection(SenderMixin):
         return self.config.mss
 
     def _make(self, flags: int, seq: int, *, ack: bool = True, payload: bytes = b"",
-              options: Options | None = None) -> Segment:
+              options: Options | None = None, ecn: int = 0) -> Segment:
         """Build an outgoing segment; every segment that carries ACK updates our ACK state."""
         if ack:
             flags |= ACK
@@ -765,13 +783,15 @@ class Connection(SenderMixin):
                 limit = 3 if self.ts_ok else 4
                 options = options.with_(sack_blocks=self._reassembly.sack_blocks(limit))
         if flags & ACK:
+            if self._ece_echo and not flags & SYN:
+                flags |= ECE
             self._last_ack_sent = self.rcv_nxt
             self._ack_now = False
             self._ack_due = None
             self._unacked_bytes = 0
         return Segment(self.local[0], self.remote[0], self.local[1], self.remote[1],
                        seq & MASK, self.rcv_nxt if flags & ACK else 0, flags, window,
-                       options, payload)
+                       options, payload, 0, ecn)
 
     def _send_ack_now(self) -> None:
         self._out.append(self._make(ACK, self.snd_nxt))
@@ -779,7 +799,8 @@ class Connection(SenderMixin):
     def _schedule_ack(self, nbytes: int, now: float) -> None:
         """Delayed ACK: at least every second full segment, and within `delayed_ack` s."""
         self._unacked_bytes += nbytes
-        if self.config.delayed_ack <= 0:
+        if self.config.delayed_ack <= 0 or self._quickacks > 0:
+            self._quickacks -= self._quickacks > 0
             self._ack_now = True
         elif self._unacked_bytes >= 2 * self._rcv_mss():
             self._send_ack_now()  # now, not at the next flush: MUST-58 counts segments
@@ -795,6 +816,14 @@ class Connection(SenderMixin):
             self._send_ack_now()
         out, self._out = self._out, []
         return out
+
+    def _ecn_mark(self, seg: Segment) -> None:
+        """RFC 3168 §6.1.3: CWR ends our ECN-Echo; CE (on the same segment too) starts it."""
+        if seg.flags & CWR:
+            self._ece_echo = False
+        if seg.ecn == CE:
+            self._ece_echo = True
+            self._ack_now = True
 
     def _take_window(self, seg: Segment, *, scaled: bool) -> None:
         self.snd_wnd = seg.window << self.snd_wscale if scaled else seg.window

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 from .options import NO_OPTIONS, Options
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+# IP ECN codepoints (RFC 3168 §5): the low two bits of the TOS byte.
+NOT_ECT, ECT1, ECT0, CE = 0, 1, 2, 3
 _FLAG_LETTERS = ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"), (ACK, "A"), (URG, "U"),
                  (ECE, "E"), (CWR, "C"))
 
@@ -39,6 +41,7 @@ class Segment(NamedTuple):
     options: Options = NO_OPTIONS
     payload: bytes = b""
     urgent: int = 0
+    ecn: int = 0  # the IP header's ECN field: the engine sets ECT(0), the driver reports CE
 
     @property
     def seg_len(self) -> int:

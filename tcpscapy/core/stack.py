@@ -176,7 +176,7 @@ class Listener:
         conn = Connection((seg.dst, seg.dport), (seg.src, seg.sport), self.config)
         conn.listener = self
         conn.accept_cookie_ack(seg, now, iss=seq_add(seg.ack, -1), mss=found.mss,
-                               peer_wscale=found.wscale, sack=found.sack)
+                               peer_wscale=found.wscale, sack=found.sack, ecn=found.ecn)
         self.stack._add(conn)  # even if already closed: its answer still goes out
         self._handshaking.add(conn)
         self._progress(conn)

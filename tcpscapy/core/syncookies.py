@@ -39,7 +39,7 @@ from .config import Config
 from .connection import DEFAULT_MSS, MAX_WSCALE
 from .isn import timestamp_offset
 from .options import Options
-from .segment import ACK, SYN, Segment
+from .segment import ACK, CWR, ECE, SYN, Segment
 from .seq import MASK, seq_add
 
 MSS_TABLE = (536, 1300, 1440, 1460)  # Linux msstab for IPv4 (1440: PPPoE)
@@ -163,7 +163,7 @@ class CookieOptions:
     mss: int  # the client's MSS, rounded down to the table
     wscale: int | None  # the client's window scale, None: no scaling
     sack: bool
-    ecn: bool  # the client asked for ECN (the engine does not do ECN yet)
+    ecn: bool  # ECN was agreed in the SYN-ACK (the client asked and we accept)
 
 
 @lru_cache(maxsize=16)
@@ -200,6 +200,9 @@ class SynCookies:
         index = mss_index(opts.mss if opts.mss is not None else DEFAULT_MSS)
         iss = make_cookie(self.keys(now), four_tuple, seq, cookie_count(now), index)
         stamps = opts.timestamps
+        # ECN as Connection.accept_syn agrees it; without timestamps there is nowhere to
+        # keep it, so the SYN-ACK then declines (no ECE), as Linux's cookies do.
+        ecn = cfg.ecn != "off" and syn.flags & (ECE | CWR) == ECE | CWR
         if cfg.timestamps and stamps is not None:
             # Window scaling holds only if both sides offer it, as in Connection._negotiate.
             peer_ws = ours = None
@@ -207,11 +210,13 @@ class SynCookies:
                 peer_ws, ours = min(opts.wscale, MAX_WSCALE), min(cfg.wscale, MAX_WSCALE)
             sack_ok = cfg.sack and opts.sack_permitted
             offset = timestamp_offset((dst, dport), (src, sport), cfg.secret)
-            tsval = (encode_ts(int(now * 1000), peer_ws, sack_ok) + offset) & MASK  # _ts_clock
+            tsval = (encode_ts(int(now * 1000), peer_ws, sack_ok, ecn) + offset) & MASK  # _ts_clock
             options = Options(cfg.mss, ours, sack_ok, (tsval, stamps[0]))
         else:
             options = Options(cfg.mss)  # no timestamps: nowhere to keep wscale and SACK
-        return Segment(dst, src, dport, sport, iss, (seq + 1) & MASK, SYN | ACK,
+            ecn = False
+        flags = SYN | ACK | (ECE if ecn else 0)
+        return Segment(dst, src, dport, sport, iss, (seq + 1) & MASK, flags,
                        min(cfg.recv_buffer, 0xFFFF), options)
 
     def check(self, ack: Segment, now: float) -> CookieOptions | None:
@@ -234,6 +239,7 @@ class SynCookies:
             return None  # we sent no TSval, so TSecr carries nothing of ours (Linux: reject)
         offset = timestamp_offset((ack.dst, ack.dport), (ack.src, ack.sport), cfg.secret)
         wscale, sack, ecn = decode_ts((ts[1] - offset) & MASK)
-        if (sack and not cfg.sack) or (wscale is not None and cfg.wscale is None):
+        if (sack and not cfg.sack) or (ecn and cfg.ecn == "off") \
+                or (wscale is not None and cfg.wscale is None):
             return None  # options we would not have agreed to (Linux: reject)
         return CookieOptions(mss, wscale, sack, ecn)

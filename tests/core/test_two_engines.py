@@ -433,7 +433,7 @@ def test_shutdown_during_handshake_sends_fin_after_it() -> None:
 
 
 def test_delayed_ack_waits_but_under_500ms_and_acks_every_second_segment() -> None:
-    net, conn, _peer = connected(CFG.with_(delayed_ack=0.2))
+    net, conn, _peer = connected(CFG.with_(delayed_ack=0.2, quickacks=0))  # no quick ACKs
     start = len(net.log)
     conn.send(b"x")
     net.run(timeout=1)
