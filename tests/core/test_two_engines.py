@@ -27,6 +27,7 @@ from tcpscapy.core.connection import Connection
 from tcpscapy.core.stack import Listener, Stack
 from tcpscapy.sim import Network
 
+pytestmark = pytest.mark.usefixtures("each_cc")  # every test with each controller
 A, B = "10.0.0.1", "10.0.0.2"
 CLIENT, SERVER = (A, 40000), (B, 80)
 CFG = Config(secret=b"two-engine-tests", msl=5.0)

@@ -76,12 +76,12 @@ class Bbr(CongestionControl):
         return int(gain * self.btl_bw * self.rtprop)
 
     def pacing_rate(self) -> float | None:
-        bw = self.btl_bw
-        if bw:
-            return self.pacing_gain * bw
-        if self.rtprop:  # before a sample: the initial window over the first RTT
-            return HIGH_GAIN * self.cwnd / self.rtprop
-        return None  # no RTT yet: the initial window goes out unpaced
+        rate = self.pacing_gain * self.btl_bw
+        if self._initial_rate is not None and self.full_bw_rounds < FULL_BW_ROUNDS:
+            # Until the pipe is full the rate never falls (as Linux): an early, small
+            # app-limited sample must not throttle the start.
+            rate = self._initial_rate = max(rate, self._initial_rate)
+        return rate or None
 
     def on_ack(self, ack: AckSample) -> None:
         now = ack.now
@@ -103,6 +103,8 @@ class Bbr(CongestionControl):
         expired = self.rtprop is not None and now - self.rtprop_stamp > RTPROP_WINDOW
         if rtt is not None and (self.rtprop is None or rtt <= self.rtprop or expired):
             self.rtprop, self.rtprop_stamp = rtt, now
+            if self._initial_rate is None:  # the initial window over the first RTT
+                self._initial_rate = HIGH_GAIN * self.cwnd / max(rtt, 0.001)
         self._update_state(ack, round_start, expired)
         self._set_cwnd(ack)
 
