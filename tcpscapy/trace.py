@@ -128,7 +128,9 @@ def _pack(seg: object) -> bytes | None:
     SACK-permitted and timestamps as options. None otherwise (the Segment stays)."""
     if type(seg) is not Segment:
         return None
-    src, dst, sport, dport, seq, ack, flags, window, opts, payload, urgent = seg
+    src, dst, sport, dport, seq, ack, flags, window, opts, payload, urgent, ecn = seg
+    if ecn:
+        return None  # an ECN-marked segment stays whole (the packing has no room for it)
     if not (int is type(sport) is type(dport) is type(seq) is type(ack) is type(flags)
             is type(window) is type(urgent)) or type(payload) is not bytes:
         return None
@@ -184,7 +186,7 @@ def _unpack(packed: bytes) -> Segment:
         bool(has & _HAS_SACK_OK), (tsval, tsecr) if has & _HAS_TS else None, (), None, False,
         (), False))
     return Segment._make((*names, sport, dport, seq, ack, flags, window, opts,
-                          packed[_PACKED_SIZE:], urgent))
+                          packed[_PACKED_SIZE:], urgent, 0))
 
 
 def _segment(item: Any) -> Any:

@@ -164,7 +164,8 @@ def _build(seg: Segment, payload: bytes, flags: int, offload: bool, ip_id: int, 
         src, dst = _aton(seg.src), _aton(seg.dst)
         tcp_hdr = _TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (5 + len(opts) // 4) << 4,
                                 flags, seg.window, 0, seg.urgent)
-        ip_hdr = bytearray(_IP_HDR.pack(0x45, tos, ip_len, ip_id, _DF if df else 0, ttl,
+        # The engine chooses the ECN codepoint (ECT(0) on data); `tos` gives the rest.
+        ip_hdr = bytearray(_IP_HDR.pack(0x45, (tos & 0xFC) | seg.ecn, ip_len, ip_id, _DF if df else 0, ttl,
                                         IPPROTO_TCP, 0, src, dst))
     except (struct.error, OSError) as exc:
         raise ValueError(f"cannot encode segment {seg}: {exc}") from None
@@ -224,6 +225,7 @@ def _continues(prev: Segment, seg: Segment, size: int) -> bool:
             and seg.window == prev.window and seg.options == prev.options
             and seg.sport == prev.sport and seg.dport == prev.dport
             and seg.src == prev.src and seg.dst == prev.dst and seg.urgent == prev.urgent
+            and seg.ecn == prev.ecn
             and seg.flags & ~_RUN_ONLY_LAST == prev.flags)
 
 
@@ -271,7 +273,7 @@ def _parse(packet: bytes | bytearray | memoryview, verify_checksum: bool) -> Seg
     size = len(packet)
     if size < 20:
         return "truncated IP header"
-    ver_ihl, _tos, ip_len, _id, frag, _ttl, proto, _sum, src, dst = _IP_HDR.unpack_from(packet)
+    ver_ihl, tos, ip_len, _id, frag, _ttl, proto, _sum, src, dst = _IP_HDR.unpack_from(packet)
     if ver_ihl >> 4 != 4:
         return "not IPv4"
     ihl = (ver_ihl & 0xF) * 4
@@ -303,7 +305,7 @@ def _parse(packet: bytes | bytearray | memoryview, verify_checksum: bool) -> Seg
             return "bad TCP checksum"
     opts = _options_in(bytes(packet[ihl + 20 : data_at])) if data_at > ihl + 20 else NO_OPTIONS
     return Segment(_ntoa(src), _ntoa(dst), sport, dport, seq, ack, flags, window, opts,
-                   bytes(packet[data_at:ip_len]), urgent)
+                   bytes(packet[data_at:ip_len]), urgent, tos & 3)
 
 
 def decode_ex(packet: bytes | bytearray | memoryview, *, verify_checksum: bool = True) -> Decoded:
@@ -433,13 +435,13 @@ def scapy_options(opts: Options) -> list[ScapyOption]:
 def to_scapy(seg: Segment, **ip_fields: Any) -> Packet:
     """`IP()/TCP()[/Raw()]` with the same fields as `seg`.
 
-    IP fields default to what `encode` uses (id 0, ttl 64, tos 0, DF), so
+    IP fields default to what `encode` uses (id 0, ttl 64, tos = the ECN bits, DF), so
     `bytes(to_scapy(seg)) == encode(seg)`; pass e.g. `id=7, flags=0` to override.
     """
     from scapy.layers.inet import IP, TCP
     from scapy.packet import Raw
 
-    fields: dict[str, Any] = {"id": 0, "ttl": 64, "tos": 0, "flags": "DF", **ip_fields}
+    fields: dict[str, Any] = {"id": 0, "ttl": 64, "tos": seg.ecn, "flags": "DF", **ip_fields}
     pkt = IP(src=seg.src, dst=seg.dst, **fields) / TCP(
         sport=seg.sport, dport=seg.dport, seq=seg.seq, ack=seg.ack, flags=seg.flags,
         window=seg.window, urgptr=seg.urgent, options=scapy_options(seg.options))
@@ -476,5 +478,5 @@ def from_scapy(pkt: Packet) -> Segment:
     return Segment(
         src=ip.src, dst=ip.dst, sport=tcp.sport, dport=tcp.dport, seq=tcp.seq, ack=tcp.ack,
         flags=int(tcp.flags) & 0xFF, window=tcp.window, options=parse_options(raw_opts),
-        payload=payload, urgent=tcp.urgptr,
+        payload=payload, urgent=tcp.urgptr, ecn=ip.tos & 3,
     )
