@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from tcpscapy import errors, netns
+from tcpscapy.core.cc import NAMES as CC_NAMES
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
@@ -103,6 +104,22 @@ def _keepalive(name: str, value: Any) -> float | None:
     return _seconds(none_ok=True)(name, value)
 
 
+def _one_of(*choices: str) -> Check:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise errors.BadOption(f"option {name} takes {', '.join(map(repr, choices))}, "
+                                   f"not {value!r}")
+        return str(value)
+    return check
+
+
+def _ecn(name: str, value: Any) -> str:
+    """ECN as Config.ecn, or a bool: True = "on", False = "off"."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    return _one_of("off", "on", "passive")(name, value)
+
+
 # option name -> (Config field, check); shared by connect() and listen()
 _CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
     "mss": ("mss", _int_in(64, 65495)),
@@ -123,6 +140,8 @@ _CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
     "delayed_ack": ("delayed_ack", _seconds(hi=0.5, zero_ok=True)),
     "data_retries": ("retries", _int_in(0, 100)),
     "initial_window": ("initial_window_segments", _int_in(1, 1000)),
+    "cc": ("cc", _one_of(*CC_NAMES)),
+    "ecn": ("ecn", _ecn),
 }
 def _syncookies(name: str, value: Any) -> str:
     if value not in ("never", "auto", "always"):
@@ -163,6 +182,9 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
     # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
     if "rto_initial" in changes and "rto_min" not in changes:
         changes["rto_min"] = min(config.rto_min, changes["rto_initial"])
+    # A receive buffer given is meant as given (as SO_RCVBUF turns off Linux's tuning).
+    if "recv_buffer" in changes:
+        changes["recv_buffer_max"] = changes["recv_buffer"]
     config = config.with_(**changes)
     if config.rto_min > config.rto_max:
         raise errors.BadOption(f"rto_min ({config.rto_min:g} s) is above rto_max "
@@ -343,6 +365,33 @@ class Connection:
     def close_reason(self) -> str:
         return self._ep.conn.close_reason
 
+    # The sender's congestion state (bytes, seconds), as the plots read it.
+    @property
+    def cwnd(self) -> int:
+        return self._ep.conn.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self._ep.conn.ssthresh
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._ep.conn.bytes_in_flight
+
+    @property
+    def srtt(self) -> float | None:
+        return self._ep.conn.srtt
+
+    @property
+    def rto(self) -> float:
+        return self._ep.conn.rto
+
+    @property
+    def cc_phase(self) -> str:
+        """"slow-start", "congestion-avoidance", "recovery"; BBR: "startup", "drain",
+        "probe-bw", "probe-rtt"."""
+        return self._ep.conn.cc_phase
+
     @property
     def driver(self) -> Driver:
         return self._driver
@@ -499,7 +548,9 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
     send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
     nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
-    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
+    keepalive_probes, user_timeout, msl, initial_window, cc ("newreno", "cubic" the
+    default, "bbr"), ecn ("off", "on" = ask, "passive" the default = accept only),
+    sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
 
     `data` is queued at once, behind the SYN. With `tfo=True` (TCP Fast Open,

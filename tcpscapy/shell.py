@@ -207,6 +207,14 @@ class ShellConnection:
     def rcv_nxt(self) -> int:
         return int(self.conn.engine.rcv_nxt)
 
+    # The sender's congestion state (bytes, seconds), as tcpscapy.Connection has it.
+    cwnd = property(lambda self: self.conn.cwnd)
+    ssthresh = property(lambda self: self.conn.ssthresh)
+    bytes_in_flight = property(lambda self: self.conn.bytes_in_flight)
+    srtt = property(lambda self: self.conn.srtt)
+    rto = property(lambda self: self.conn.rto)
+    cc_phase = property(lambda self: self.conn.cc_phase)
+
     def send(self, data: bytes | str) -> int:
         """Queue `data` (a str is sent as UTF-8); returns how many bytes."""
         payload = data.encode() if isinstance(data, str) else bytes(data)
@@ -384,7 +392,8 @@ def connect(target: str, port: int | None = None, *, timeout: float | None = CON
     """Open a connection on tcpscapy's engine: connect("10.77.0.2:80").
 
     Options as for tcpscapy.connect (mss, wscale, sack, timestamps, window,
-    rto, sport, ...). Blocks until ESTABLISHED or `timeout` seconds.
+    rto, sport, cc="newreno"|"cubic"|"bbr", ecn, ...); c.cwnd, c.cc_phase and
+    c.srtt show the sender's congestion state. Blocks until ESTABLISHED or `timeout` seconds.
     """
     host, port = parse_target(target, port)
     return ShellConnection(api.connect(host, port, timeout=timeout, **options))

@@ -18,6 +18,7 @@ from typing import Any, Literal, TextIO, TypeVar
 import click
 
 from tcpscapy import errors
+from tcpscapy.core.cc import NAMES as CC_NAMES
 from tcpscapy.core.state import State
 from tcpscapy.trace import LadderWriter, Trace, TraceEntry, handshake_rtt, to_json_lines
 
@@ -151,7 +152,8 @@ def parse_wscale(value: str | None) -> int | Literal[False] | None:
 def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
                    no_timestamps: bool, window: int | None, retries: int | None,
                    rto: float | None, user_timeout: float | None = None,
-                   keepalive: float | None = None) -> dict[str, Any]:
+                   keepalive: float | None = None, cc: str | None = None,
+                   ecn: str | None = None) -> dict[str, Any]:
     """Keyword options for tcpscapy.connect()/listen() from the shared CLI flags."""
     options: dict[str, Any] = {}
     scale = parse_wscale(wscale)
@@ -162,7 +164,8 @@ def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
     if no_timestamps:
         options["timestamps"] = False
     for name, value in (("mss", mss), ("window", window), ("retries", retries), ("rto", rto),
-                        ("user_timeout", user_timeout), ("keepalive", keepalive)):
+                        ("user_timeout", user_timeout), ("keepalive", keepalive),
+                        ("cc", cc), ("ecn", ecn)):
         if value is not None:
             options[name] = value
     return options
@@ -187,6 +190,11 @@ def engine_option_flags(*, retries_help: str) -> Callable[[F], F]:
                           "(RFC 5482; default: after the retransmissions run out)."),
         click.option("--keepalive", type=click.FloatRange(0.001, 86400), metavar="SECONDS",
                      help="Probe an idle peer after this long (default: off)."),
+        click.option("--cc", type=click.Choice(CC_NAMES),
+                     help="Congestion control (default cubic; bbr is BBR v1)."),
+        click.option("--ecn", type=click.Choice(("off", "on", "passive")),
+                     help="ECN: on = ask for it, passive = accept when asked (default), "
+                          "off (as Linux's tcp_ecn 1, 2, 0)."),
     ]
 
     def apply(func: F) -> F:

@@ -165,8 +165,8 @@ def _build(seg: Segment, payload: bytes, flags: int, offload: bool, ip_id: int, 
         tcp_hdr = _TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, (5 + len(opts) // 4) << 4,
                                 flags, seg.window, 0, seg.urgent)
         # The engine chooses the ECN codepoint (ECT(0) on data); `tos` gives the rest.
-        ip_hdr = bytearray(_IP_HDR.pack(0x45, (tos & 0xFC) | seg.ecn, ip_len, ip_id, _DF if df else 0, ttl,
-                                        IPPROTO_TCP, 0, src, dst))
+        ip_hdr = bytearray(_IP_HDR.pack(0x45, (tos & 0xFC) | seg.ecn, ip_len, ip_id,
+                                        _DF if df else 0, ttl, IPPROTO_TCP, 0, src, dst))
     except (struct.error, OSError) as exc:
         raise ValueError(f"cannot encode segment {seg}: {exc}") from None
     # Pseudo-header (addresses, protocol, TCP length) plus the segment; each piece
