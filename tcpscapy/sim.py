@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tcpscapy.core.connection import Connection
-from tcpscapy.core.segment import Segment
+from tcpscapy.core.segment import CE, Segment
 from tcpscapy.core.stack import Stack
 from tcpscapy.core.state import State
 from tcpscapy.trace import Trace
@@ -60,6 +60,7 @@ class Network:
     now: float = 0.0
     log: list[Delivery] = field(default_factory=list)
     drop: Filter | None = None  # a test's own say over single segments
+    ce_mark: Filter | None = None  # segments a congested router marks CE (RFC 3168)
     on_step: Callable[[Network], None] | None = None  # e.g. an invariant check
 
     def __post_init__(self) -> None:
@@ -107,6 +108,8 @@ class Network:
                         f.trace.record_segment(self.now, "out", seg, note)
                 if fate in ("lost", "dropped"):
                     continue
+                if self.ce_mark is not None and seg.ecn and self.ce_mark(seg):
+                    seg = seg._replace(ecn=CE)  # only ECN-capable packets are marked
                 for _ in range(2 if fate == "duplicated" else 1):
                     at = self.now + self.delay
                     if imp.reorder and self._rng.random() < imp.reorder:

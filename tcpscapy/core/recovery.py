@@ -24,12 +24,13 @@ WCDELACKT = 0.2  # worst-case delayed ACK timer the PTO allows for (RFC 8985 §7
 
 
 class Sent:
-    __slots__ = ("delivered", "delivered_time", "end", "first_time", "lost", "rtx", "sacked",
-                 "seq", "xmit")
+    __slots__ = ("delivered", "delivered_time", "end", "first_time", "lost", "prev_xmit", "rtx",
+                 "sacked", "seq", "xmit")
 
     def __init__(self, seq: int, end: int, now: float, delivered: int, delivered_time: float,
                  first_time: float) -> None:
         self.seq, self.end, self.xmit = seq, end, now
+        self.prev_xmit = now  # the send before the latest, for an undo
         self.lost = self.sacked = self.rtx = False
         self.delivered, self.delivered_time, self.first_time = delivered, delivered_time, first_time
 
@@ -92,7 +93,7 @@ class LossRecovery:
                     rec.lost = False
                     self.lost_pending -= seq_diff(rec.end, rec.seq)
                 rec.rtx = True
-                rec.xmit = now
+                rec.prev_xmit, rec.xmit = rec.xmit, now
                 rec.delivered, rec.delivered_time = self.delivered, self.delivered_time
                 rec.first_time = self.first_time
 
@@ -175,8 +176,11 @@ class LossRecovery:
 
     def _rack_update(self, rec: Sent, now: float) -> None:
         rtt = now - rec.xmit
-        if rec.rtx and self.min_rtt is not None and rtt < self.min_rtt:
-            return  # RFC 8985 §6.2 step 2: an ACK of the original, not of the retransmission
+        if rec.rtx and self.min_rtt is not None and rtt + 1e-6 < self.min_rtt:  # (1 µs: float)
+            # RFC 8985 §6.2 step 2: too soon for the retransmission, so the original got
+            # there after all: the "loss" was reordering; widen the window from now on.
+            self.reordering_seen = True
+            return
         if not rec.rtx:
             self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
         if self.rack_xmit is not None and seq_lt(rec.end, self.rack_end) and not rec.rtx:
@@ -238,9 +242,16 @@ class LossRecovery:
         return newly
 
     def undo_lost(self) -> None:
-        """A spurious timeout: nothing was lost after all."""
+        """A spurious timeout: nothing was lost, and what arrives was sent before it.
+
+        The retransmissions' records get their earlier send times back, so that
+        the ACKs of the originals do not look like ACKs of the copies to RACK
+        (Linux tells them apart by the echoed timestamp).
+        """
         for rec in self.sent:
             rec.lost = False
+            if rec.rtx:
+                rec.xmit = rec.prev_xmit
         self.lost_pending = 0
 
     # ------------------------------------------------------------------ TLP

@@ -260,9 +260,8 @@ class SenderMixin:
 
     def _on_ecn_echo(self: Connection, now: float) -> None:
         """RFC 3168 §6.1.2: at most one reduction per window of data, then CWR."""
-        if self._ecn_recover is not None and seq_lt(self.snd_una, self._ecn_recover):
-            self._cwr_pending = True  # already reduced for this window
-            return
+        if self._ecn_recover is not None and not seq_gt(self.snd_una, self._ecn_recover):
+            return  # already reduced (and CWR sent) for this window
         self._ecn_recover = self.snd_nxt
         self._cwr_pending = True
         if self.recovery is Recovery.NONE and self.cc.uses_prr:
@@ -325,6 +324,9 @@ class SenderMixin:
             self._close(f"user timeout: the peer acknowledged nothing for {cfg.user_timeout:g} s",
                         "user-timeout")
             return
+        if self._tlp_due is not None and now >= self._tlp_due:
+            self._tlp_due = None  # (first: on a tie the probe goes, and re-arms the RTO)
+            self._tail_loss_probe(now)
         if self._rto_due is not None and now >= self._rto_due:
             self._rto_due = None
             self._on_retransmission_timeout(now)
@@ -332,9 +334,6 @@ class SenderMixin:
                 now, self.recovery is not Recovery.NONE, self.rtt.srtt or 0.0) \
                 and self.recovery is Recovery.NONE:  # RACK's reordering timer marked a loss
             self._enter_fast_recovery(now)
-        if self._tlp_due is not None and now >= self._tlp_due:
-            self._tlp_due = None
-            self._tail_loss_probe(now)
         if self._pace_due is not None and now >= self._pace_due:
             self._pace_due = None  # segments_to_send sends what pacing held back
         if self._persist_due is not None and now >= self._persist_due:
