@@ -142,6 +142,7 @@ _CONFIG_OPTIONS: dict[str, tuple[str, Check]] = {
     "initial_window": ("initial_window_segments", _int_in(1, 1000)),
     "cc": ("cc", _one_of(*CC_NAMES)),
     "ecn": ("ecn", _ecn),
+    "hystart": ("hystart", _flag),
 }
 def _syncookies(name: str, value: Any) -> str:
     if value not in ("never", "auto", "always"):

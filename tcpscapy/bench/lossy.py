@@ -111,11 +111,11 @@ class Lossy:
 
     # -- one transfer each; returns seconds ------------------------------------------------
 
-    def tcpscapy_up(self, cc: str) -> float:
+    def tcpscapy_up(self, cc: str, **options: object) -> float:
         data = bytes(self.size)
         with self.lab.enter("client"):
             began = time.perf_counter()
-            conn = tcpscapy.connect(self.server, PORT, timeout=10, cc=cc)
+            conn = tcpscapy.connect(self.server, PORT, timeout=10, cc=cc, **options)
             try:
                 conn.sendall(header(b"S", 0, "") + data, timeout=TIMEOUT)
                 conn.shutdown()
@@ -184,7 +184,10 @@ def _check(got: int, want: int) -> None:
         raise RuntimeError(f"transfer incomplete: {got} of {want} bytes")
 
 
-def measure(size: int, losses: list[float], repeat: int) -> list[tuple[str, float, dict[str, float]]]:
+Rows = list[tuple[str, float, dict[str, float]]]
+
+
+def measure(size: int, losses: list[float], repeat: int) -> Rows:
     """(direction, loss, {column: median seconds}) for every row."""
     rows = []
     with Lossy(size) as bench:
@@ -195,6 +198,8 @@ def measure(size: int, losses: list[float], repeat: int) -> list[tuple[str, floa
             for _ in range(repeat):  # interleaved, so drifts hit every column alike
                 for cc in NAMES:
                     up.setdefault(f"tcpscapy {cc}", []).append(bench.tcpscapy_up(cc))
+                up.setdefault("tcpscapy cubic -hystart", []).append(
+                    bench.tcpscapy_up("cubic", hystart=False))
                 for cc in ("cubic", "bbr"):
                     up.setdefault(f"kernel {cc}", []).append(bench.kernel_up(cc))
                     down.setdefault(f"tcpscapy <- {cc}", []).append(bench.tcpscapy_down(cc))
@@ -205,22 +210,25 @@ def measure(size: int, losses: list[float], repeat: int) -> list[tuple[str, floa
     return rows
 
 
-def table(size: int, rows: list[tuple[str, float, dict[str, float]]], repeat: int) -> str:
+def table(size: int, rows: Rows, repeat: int) -> str:
     mb = size / 1e6
     lines = [f"### Lossy path: {mb:g} MB through random loss, LAN RTT (veth bridge)", "",
              f"Median of {repeat} run(s) per cell, seconds; ratios are tcpscapy over the "
              "kernel in the same run (≤ 1.0: as fast or faster).", "",
-             "| up: loss | tcpscapy newreno | tcpscapy cubic | tcpscapy bbr | kernel cubic "
-             "| kernel bbr | cubic / kernel cubic | newreno / kernel cubic "
+             "| up: loss | tcpscapy newreno | tcpscapy cubic | tcpscapy cubic, no HyStart++ "
+             "| tcpscapy bbr | kernel cubic | kernel bbr | cubic / kernel cubic "
+             "| cubic no HyStart++ / kernel cubic | newreno / kernel cubic "
              "| bbr / kernel bbr |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for direction, loss, t in rows:
         if direction != "up":
             continue
         lines.append(
             f"| {loss:.0%} | {t['tcpscapy newreno']:.2f} | {t['tcpscapy cubic']:.2f} "
+            f"| {t['tcpscapy cubic -hystart']:.2f} "
             f"| {t['tcpscapy bbr']:.2f} | {t['kernel cubic']:.2f} | {t['kernel bbr']:.2f} "
             f"| {t['tcpscapy cubic'] / t['kernel cubic']:.2f}x "
+            f"| {t['tcpscapy cubic -hystart'] / t['kernel cubic']:.2f}x "
             f"| {t['tcpscapy newreno'] / t['kernel cubic']:.2f}x "
             f"| {t['tcpscapy bbr'] / t['kernel bbr']:.2f}x |")
     lines += ["", "| down: loss | tcpscapy <- kernel cubic | kernel <- kernel cubic "

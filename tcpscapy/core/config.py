@@ -45,6 +45,10 @@ class Config:
     nagle: bool = True
     initial_window_segments: int = 10  # RFC 6928
     cc: str = "cubic"  # congestion control: "newreno", "cubic" (RFC 9438) or "bbr" (v1)
+    # HyStart++ (RFC 9406) ends CUBIC's slow start when the RTT rises. Our RTT samples
+    # include this process's own send-path and scheduling delay (milliseconds on a busy
+    # machine), which it reads as a queue on a sub-millisecond LAN: README "Congestion".
+    hystart: bool = True
     # ECN (RFC 3168), as Linux's net.ipv4.tcp_ecn: "off" (0), "on" (1: ask on active
     # opens, accept on passive ones) or "passive" (2, Linux's default: accept only).
     ecn: str = "passive"

@@ -56,7 +56,8 @@ class SenderMixin:
 
     def _init_sender(self: Connection) -> None:
         cfg = self.config
-        self.cc = ccmod.make(cfg.cc, self.snd_mss, cfg.initial_window_segments * self.snd_mss)
+        self.cc = ccmod.make(cfg.cc, self.snd_mss, cfg.initial_window_segments * self.snd_mss,
+                             hystart=cfg.hystart)
         self.loss = LossRecovery()
         self.recovery = Recovery.NONE
         self._recover = 0  # RFC 6582 "recover": SND.NXT when recovery began
@@ -84,7 +85,8 @@ class SenderMixin:
     def _start_cc(self: Connection) -> None:
         """A fresh controller once the MSS is known (establishment)."""
         cfg = self.config
-        self.cc = ccmod.make(cfg.cc, self.snd_mss, cfg.initial_window_segments * self.snd_mss)
+        self.cc = ccmod.make(cfg.cc, self.snd_mss, cfg.initial_window_segments * self.snd_mss,
+                             hystart=cfg.hystart)
 
     # ------------------------------------------------------- what plots read
 

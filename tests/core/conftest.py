@@ -24,5 +24,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def each_cc(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     name: str = request.param
     cls = ccmod.CONTROLLERS[name]
-    monkeypatch.setattr(ccmod, "make", lambda _name, mss, initial_window: cls(mss, initial_window))
+    monkeypatch.setattr(ccmod, "make",
+                        lambda _name, mss, initial_window, **_: cls(mss, initial_window))
     return name

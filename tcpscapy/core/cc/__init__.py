@@ -13,14 +13,18 @@ NAMES = tuple(CONTROLLERS)
 DEFAULT = "cubic"
 
 
-def make(name: str, mss: int, initial_window: int) -> CongestionControl:
+def make(name: str, mss: int, initial_window: int, *, hystart: bool = True
+         ) -> CongestionControl:
     """A fresh controller; ValueError for an unknown name."""
     try:
         cls = CONTROLLERS[name]
     except KeyError:
         raise ValueError(f"unknown congestion control {name!r} "
                          f"(choose from {', '.join(NAMES)})") from None
-    return cls(mss, initial_window)
+    cc = cls(mss, initial_window)
+    if not hystart and isinstance(cc, Cubic):
+        cc.hystart.enabled = False
+    return cc
 
 
 __all__ = [

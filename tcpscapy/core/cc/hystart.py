@@ -15,10 +15,11 @@ INF = float("inf")
 class HyStart:
     """Per-round RTT minima; says when to go Conservative Slow Start (CSS) and then CA."""
 
-    __slots__ = ("css_baseline", "css_rounds", "current_min", "in_css", "last_min", "samples",
-                 "window_end")
+    __slots__ = ("css_baseline", "css_rounds", "current_min", "enabled", "in_css", "last_min",
+                 "samples", "window_end")
 
     def __init__(self) -> None:
+        self.enabled = True
         self.window_end: int | None = None  # the round ends when this is acknowledged
         self.last_min = self.current_min = INF
         self.samples = 0
@@ -31,6 +32,8 @@ class HyStart:
 
     def on_ack(self, snd_una: int, snd_nxt: int, rtt: float | None) -> bool:
         """Called in slow start; True when slow start should end (CSS rounds done)."""
+        if not self.enabled:
+            return False
         if self.window_end is None or seq_ge(snd_una, self.window_end):  # a new round
             self.window_end = snd_nxt
             self.last_min, self.current_min, self.samples = self.current_min, INF, 0
@@ -52,4 +55,6 @@ class HyStart:
         return False
 
     def reset(self) -> None:
+        enabled = self.enabled
         self.__init__()  # type: ignore[misc]
+        self.enabled = enabled
