@@ -38,6 +38,7 @@ labs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tcpscapy.bench
+	$(PY) -m tcpscapy.bench.lossy --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

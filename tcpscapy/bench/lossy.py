@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -260,6 +261,10 @@ def write(path: Path, generated: str) -> None:
     path.write_text(text)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # so the lab is removed on the way out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tcpscapy.bench.lossy")
     parser.add_argument("--size", type=int, default=10_000_000)
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", metavar="FILE", help="put the table into FILE (BENCHMARKS.md)")
     args = parser.parse_args(argv)
     losses = [float(p) / 100 for p in args.loss.split(",")]
+    signal.signal(signal.SIGTERM, _stop)
     rows = measure(args.size, losses, args.repeat)
     text = table(args.size, rows, args.repeat)
     print(text)

@@ -38,21 +38,9 @@ class Sent:
 class LossRecovery:
     """The sent-segment records, RACK-TLP and the delivery-rate counters."""
 
-    __slots__ = (
-        "_rate",
-        "delivered",
-        "delivered_time",
-        "first_time",
-        "lost_pending",
-        "min_rtt",
-        "rack_end",
-        "rack_rtt",
-        "rack_xmit",
-        "reordering_seen",
-        "sacked_segments",
-        "sent",
-        "timer",
-    )
+    __slots__ = ("_rate", "delivered", "delivered_time", "first_time", "last_rtt",
+                 "lost_pending", "min_rtt", "rack_end", "rack_rtt", "rack_xmit",
+                 "reordering_seen", "sacked_segments", "sent", "timer")
 
     def __init__(self) -> None:
         self.sent: deque[Sent] = deque()
@@ -61,6 +49,7 @@ class LossRecovery:
         self.rack_end = 0
         self.rack_rtt = 0.0
         self.min_rtt: float | None = None
+        self.last_rtt: float | None = None  # this ACK's RTT, to the clock's precision
         self.reordering_seen = False
         self.sacked_segments = 0
         self.timer: float | None = None  # RACK's reordering timer
@@ -123,6 +112,7 @@ class LossRecovery:
         """
         delivered = 0
         newest: Sent | None = None
+        self.last_rtt = None
         sent = self.sent
         while sent and not seq_gt(sent[0].end, snd_una):
             rec = sent.popleft()
@@ -181,8 +171,9 @@ class LossRecovery:
             # there after all: the "loss" was reordering; widen the window from now on.
             self.reordering_seen = True
             return
-        if not rec.rtx:
+        if not rec.rtx:  # (Karn: a retransmission's RTT is ambiguous)
             self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+            self.last_rtt = rtt
         if self.rack_xmit is not None and seq_lt(rec.end, self.rack_end) and not rec.rtx:
             self.reordering_seen = True  # delivered below the highest delivered: reordered
         if self.rack_xmit is None or rec.xmit > self.rack_xmit or (

@@ -151,7 +151,7 @@ class SenderMixin:
             self._dupacks += 1
             learned = True
         if learned or seg.flags & ECE:
-            self._after_ack(seg, now, 0, None)
+            self._after_ack(seg, now, 0)
 
     def _ack_advance(self: Connection, seg: Segment, now: float) -> None:
         """SND.UNA moves forward: free buffer, sample the RTT, then recovery and cwnd."""
@@ -191,14 +191,13 @@ class SenderMixin:
                 if self.cc.uses_prr:
                     self.cc.cwnd = max(self.cc.ssthresh, 2 * self.snd_mss)
             self._tlp_end = None
-        self._after_ack(seg, now, acked, sample)
+        self._after_ack(seg, now, acked)
         self._rto_due = None if self.snd_una == self.snd_nxt else now + self.rtt.rto
         if self._send_blocked and self._sendbuf.space:
             self._send_blocked = False
             self._events.append(ev.SendSpace())
 
-    def _after_ack(self: Connection, seg: Segment, now: float, acked: int,
-                   sample: float | None) -> None:
+    def _after_ack(self: Connection, seg: Segment, now: float, acked: int) -> None:
         """Loss detection and the window, for any ACK that told us something."""
         loss = self.loss
         ranges = self._scoreboard._ranges if self.sack_ok else []
@@ -223,9 +222,11 @@ class SenderMixin:
             self._prr_cwnd = self._prr.window(delivered, self.pipe(), self.snd_mss)
         elif acked or (delivered and not cc.uses_prr):
             rate, prior = loss.rate_sample()
-            cc.on_ack(ccmod.AckSample(now, acked, delivered, sample, loss.min_rtt, self.pipe(),
-                                      self.snd_una, self.snd_nxt, rate, prior, loss.delivered,
-                                      self._app_limited()))
+            # The controllers get the send-time RTT (µs, not the timestamps' ms: a LAN's
+            # RTT would read 0 or 1 ms, and BBR's BDP and HyStart++'s rounds need better).
+            cc.on_ack(ccmod.AckSample(now, acked, delivered, loss.last_rtt, loss.min_rtt,
+                                      self.pipe(), self.snd_una, self.snd_nxt, rate, prior,
+                                      loss.delivered, self._app_limited()))
         if self.recovery is Recovery.NONE and self.snd_una != self.snd_nxt and self.sack_ok \
                 and self._tlp_end is None:
             self._tlp_due = now + loss.pto(self.rtt.srtt, self.pipe(), self.snd_mss, self.rtt.rto)
