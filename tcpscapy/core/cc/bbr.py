@@ -7,7 +7,10 @@ STARTUP (gain 2/ln 2) until the bandwidth stops growing by 25 % for three
 rounds, DRAIN until the queue it built is gone, PROBE_BW cycling gains
 (1.25, 0.75, then six rounds of 1), and PROBE_RTT (4 segments for 200 ms) when
 RTprop has not been refreshed for 10 s. Loss does not cut the window (v1);
-the recovery's retransmissions simply count against it.
+the recovery's retransmissions simply count against it. Like Linux's v1 since
+4.20 (bbr_update_ack_aggregation) the window also covers the ACK aggregation
+seen over the last 10 rounds: our ACKs come in batches, one per turn of the
+driver's loop, so a sub-millisecond path needs more than its BDP in flight.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ class Bbr(CongestionControl):
     name = "bbr"
     uses_prr = False
     __slots__ = (
+        "_agg",
         "_initial_rate",
         "bw_samples",
         "cwnd_gain",
         "cycle_index",
         "cycle_stamp",
+        "extra_acked",
         "full_bw",
         "full_bw_rounds",
         "next_round_delivered",
@@ -61,6 +66,8 @@ class Bbr(CongestionControl):
         self.probe_rtt_done: float | None = None
         self.prior_cwnd = initial_window
         self._initial_rate: float | None = None
+        self._agg: list[float] = [0.0, 0.0, 0.0]  # epoch start, bytes acked in it, round
+        self.extra_acked: list[tuple[int, int]] = []  # (round, bytes), a windowed max
 
     @property
     def phase(self) -> str:
@@ -105,6 +112,7 @@ class Bbr(CongestionControl):
             self.rtprop, self.rtprop_stamp = rtt, now
             if self._initial_rate is None:  # the initial window over the first RTT
                 self._initial_rate = HIGH_GAIN * self.cwnd / max(rtt, 0.001)
+        self._update_aggregation(ack)
         self._update_state(ack, round_start, expired)
         self._set_cwnd(ack)
 
@@ -154,12 +162,32 @@ class Bbr(CongestionControl):
             self.pacing_gain = CYCLE[self.cycle_index]
             self.cycle_stamp = ack.now
 
+    def _update_aggregation(self, ack: AckSample) -> None:
+        """Bytes ACKed beyond what BtlBw explains since the epoch began (Linux's extra_acked)."""
+        bw, agg = self.btl_bw, self._agg
+        if not bw or not ack.delivered:
+            return
+        expected = bw * (ack.now - agg[0])
+        if agg[1] <= expected:  # the ACK rate caught up: a new epoch
+            agg[0], agg[1] = ack.now, 0.0
+            expected = 0.0
+        agg[1] += ack.delivered
+        extra = int(min(agg[1] - expected, self.cwnd))
+        window = self.extra_acked
+        while window and window[0][0] <= self.round - BW_ROUNDS:
+            window.pop(0)
+        if not window or extra > max(e for _, e in window):
+            window.append((self.round, extra))
+            if len(window) > 16:
+                del window[0]
+
     def _set_cwnd(self, ack: AckSample) -> None:
         floor = MIN_SEGMENTS * self.mss
         if self.state == "probe-rtt":
             self.cwnd = floor
             return
-        target = self.bdp(self.cwnd_gain) + 3 * self.mss  # quanta for delayed/stretched ACKs
+        aggregation = max((e for _, e in self.extra_acked), default=0)
+        target = self.bdp(self.cwnd_gain) + aggregation + 3 * self.mss  # + quanta for TSO/ACKs
         if self.full_bw_rounds >= FULL_BW_ROUNDS or self.state != "startup":
             self.cwnd = max(min(self.cwnd + ack.delivered, target), floor)
         else:  # startup: grow by what was delivered, like slow start
