@@ -81,7 +81,7 @@ def test_hystart_leaves_slow_start_when_the_rtt_rises() -> None:
     cc = Cubic(MSS, 10 * MSS)
     una = nxt = 0
     now = 0.0
-    phases = []
+    phases, css = [], []
     for round_no in range(12):
         rtt = 0.010 if round_no < 3 else 0.030  # the queue starts to build in round 3
         nxt = una + cc.cwnd
@@ -90,8 +90,9 @@ def test_hystart_leaves_slow_start_when_the_rtt_rises() -> None:
             now += rtt / 10
             cc.on_ack(ack(now, rtt=rtt, min_rtt=0.01, una=una, nxt=nxt))
         phases.append(cc.phase)
-    assert phases[:3] == ["slow-start"] * 3
-    assert "conservative-slow-start" in phases
+        css.append(cc.hystart.in_css)
+    assert phases[:3] == ["slow-start"] * 3 and css[:3] == [False] * 3
+    assert any(css)  # Conservative Slow Start (its phase still reads "slow-start")
     assert phases[-1] == "congestion-avoidance"  # after CSS_ROUNDS rounds of CSS
     assert cc.ssthresh < 1 << 30
 

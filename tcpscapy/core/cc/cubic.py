@@ -29,12 +29,6 @@ class Cubic(CongestionControl):
         self.w_est = 0.0
         self._acked_frac = 0.0  # segment fractions acked within the epoch (W_est growth)
 
-    @property
-    def phase(self) -> str:
-        if self.cwnd < self.ssthresh:
-            return "slow-start" if not self.hystart.in_css else "conservative-slow-start"
-        return "congestion-avoidance"
-
     def w_cubic(self, t: float) -> float:
         """RFC 9438 (1): the window in segments t seconds into the epoch."""
         return C * (t - self.k) ** 3 + self.w_max
