@@ -25,7 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from tcpscapy import errors, netns
+from tcpscapy import errors, lab, netns
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
@@ -197,6 +197,17 @@ def resolve(host: str) -> str:
     if not infos:
         raise errors.UnknownHost(f"cannot resolve {host!r}: no IPv4 address")
     return str(infos[0][4][0])
+
+
+def check_lab_destination(ip: str) -> None:
+    """Raise OutsideLab if `ip` is a lab address and this thread is not inside that lab."""
+    subnet = lab.outside_lab(ip)
+    if subnet is not None:
+        raise errors.OutsideLab(
+            f"{ip} is a tcpscapy lab address ({subnet}) and no interface here is on that "
+            "subnet: run inside the lab (`tcpscapy lab exec client -- ...`, or the shell's "
+            "lab_enter(\"client\")), or pass lab_check=False if these are your own "
+            "namespaces", ip=ip, subnet=str(subnet))
 
 
 def _port(port: Any, *, zero_ok: bool) -> int:
@@ -493,7 +504,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             driver: Driver | None = None, on_record: OnRecord | None = None,
             data: bytes | bytearray | memoryview = b"", tfo: bool = False,
             tfo_cache: TfoCache | str | os.PathLike[str] | None = None,
-            **options: Any) -> Connection:
+            lab_check: bool = True, **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
@@ -514,8 +525,15 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     the first SYN on, on the thread running the driver loop (keep it quick).
     If the connect fails after the SYN went out, the exception carries the
     connection's trace as `exc.trace` (the SYN and the RST, say).
+
+    An address of a tcpscapy lab subnet (tcpscapy.lab.LAB_SUBNETS) is refused
+    (errors.OutsideLab) unless an interface of the calling thread's namespace is
+    on that subnet: from outside the lab it would go to the real network.
+    `lab_check=False` allows it, for your own namespaces on those addresses.
     """
     ip = resolve(host)
+    if _flag("lab_check", lab_check):
+        check_lab_destination(ip)
     port = _port(port, zero_ok=False)
     deadline = _deadline(timeout, "connect")
     payload = _data(data)

@@ -12,6 +12,7 @@ with real checksums, and IPv6 is off so the link carries only the traffic you ma
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -29,6 +30,9 @@ from tcpscapy.netns import NeedsRoot
 HOSTS: tuple[str, ...] = ("client", "server", "attacker")
 ADDRESSES: dict[str, str] = {"client": "10.77.0.1", "server": "10.77.0.2", "attacker": "10.77.0.3"}
 PREFIXLEN = 24
+# Every subnet a lab uses. Aimed at from outside its namespaces, an address here goes out of
+# the default route to the real network, so connect() refuses it (see outside_lab()).
+LAB_SUBNETS: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("10.77.0.0/24"),)
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
 OFFLOADS_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off")
@@ -251,6 +255,23 @@ class Lab:
                     proc.kill()
                     proc.wait()
         self._children.clear()
+
+
+def outside_lab(ip: str) -> ipaddress.IPv4Network | None:
+    """The lab subnet `ip` is in when no interface of this thread's namespace is on that
+    subnet (we are not inside that lab, so the packet would leave by the default route);
+    None when `ip` is no lab address or we are inside."""
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return None
+    subnet = next((net for net in LAB_SUBNETS if addr in net), None)
+    if subnet is None:
+        return None
+    local = netns.local_ipv4_addresses()
+    if any(ipaddress.IPv4Address(a) in subnet for a in local):
+        return None
+    return subnet
 
 
 def _check_host(host: str) -> str:

@@ -1,0 +1,124 @@
+"""What a new user hit in the first hour (issue 16), checked without a network.
+
+The privilege check is stubbed to refuse (exit 4), as in test_cli_usage, so a
+command line that passes every earlier check never reaches the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import tcpscapy
+from tcpscapy import errors
+from tcpscapy import lab as labmod
+from tcpscapy.cli import main
+from tcpscapy.cli.connect import _target
+
+REPO = Path(__file__).resolve().parents[1]
+STUB = "stub: no network in this test"
+LAB_SERVER = labmod.ADDRESSES["server"]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> None:
+        raise errors.NeedsRoot(STUB)
+
+    for command in ("connect", "listen"):
+        module = importlib.import_module(f"tcpscapy.cli.{command}")
+        monkeypatch.setattr(module, "require_net_admin", refuse)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+# -- 1. a lab address from outside the lab ------------------------------------------------
+
+
+def test_the_host_namespace_is_not_in_the_lab() -> None:
+    """The premise of the tests below: this process has no address on a lab subnet."""
+    assert labmod.outside_lab(LAB_SERVER) == labmod.LAB_SUBNETS[0]
+    assert labmod.outside_lab("192.0.2.1") is None  # not a lab address at all
+    assert "127.0.0.1" in tcpscapy.netns.local_ipv4_addresses()
+
+
+def test_connect_to_a_lab_address_from_outside_shows_the_lab_exec_command() -> None:
+    result = run("connect", f"{LAB_SERVER}:80", "--send", "GET / HTTP/1.0\\r\\n\\r\\n")
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert line.startswith("tcpscapy connect: ")
+    assert (f"run `tcpscapy lab exec client -- tcpscapy connect {LAB_SERVER}:80 --send "
+            "'GET / HTTP/1.0\\r\\n\\r\\n'`") in line
+    assert "--no-lab-check" in line
+
+
+def test_no_lab_check_lets_it_through_to_the_privilege_check() -> None:
+    result = run("connect", f"{LAB_SERVER}:80", "--no-lab-check")
+    assert result.exit_code == 4
+    assert STUB in one_line(result)
+
+
+def test_as_a_user_would_run_it_the_lab_check_comes_first() -> None:
+    """A real process (as nobody when root, so no packet could go out even before the fix)."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] \
+        if os.geteuid() == 0 else []
+    result = subprocess.run([*drop, sys.executable, "-m", "tcpscapy", "connect", LAB_SERVER,
+                             "7", "-q"], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"tcpscapy lab exec client -- tcpscapy connect {LAB_SERVER} 7 -q" in result.stderr
+
+
+class _NoDriver:
+    """A driver that fails the test if connect() gets as far as using it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"connect() used the driver ({name}) for a lab address")
+
+
+def test_the_api_and_the_shell_refuse_a_lab_address_from_outside_too() -> None:
+    with pytest.raises(errors.OutsideLab, match=r"lab_enter\(\"client\"\)"):
+        tcpscapy.connect(LAB_SERVER, 80, driver=_NoDriver())  # type: ignore[arg-type]
+    from tcpscapy import shell
+    with pytest.raises(errors.OutsideLab):
+        shell.connect(f"{LAB_SERVER}:7", driver=_NoDriver())
+    with pytest.raises(AssertionError, match="used the driver"):
+        tcpscapy.connect(LAB_SERVER, 80, driver=_NoDriver(),  # type: ignore[arg-type]
+                         lab_check=False)
+
+
+# -- 7. netcat habits ----------------------------------------------------------------------
+
+
+def test_host_and_port_as_two_arguments_and_service_names() -> None:
+    assert _target("example.test", "8080") == ("example.test", 8080)
+    assert _target("example.test", "http") == ("example.test", 80)
+    assert _target("example.test:https", None) == ("example.test", 443)
+    with pytest.raises(errors.BadAddress, match="not both"):
+        _target("example.test:80", "80")
+    with pytest.raises(errors.BadAddress, match="no such TCP service"):
+        _target("example.test", "nosuchservice")
+
+
+@pytest.mark.parametrize("args", [["192.0.2.1", "http"], ["192.0.2.1:http"],
+                                  ["192.0.2.1", "80", "--no-fin", "--send", "x"]])
+def test_the_netcat_forms_get_as_far_as_the_privilege_check(args: list[str]) -> None:
+    result = run("connect", *args)
+    assert result.exit_code == 4, result.stderr
+    assert STUB in one_line(result)
