@@ -535,7 +535,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     if _flag("lab_check", lab_check):
         check_lab_destination(ip)
     port = _port(port, zero_ok=False)
-    deadline = _deadline(timeout, "connect")
+    _deadline(timeout, "connect")  # a bad timeout fails before anything is sent
     payload = _data(data)
     cache = _tfo_cache(_flag("tfo", tfo), tfo_cache)
     sport = options.pop("sport", None)
@@ -563,6 +563,9 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     conn = Connection(drv, ep)
     with drv.lock:
         _hook_trace(ep, on_record, trace_limit)
+        # Counted from the SYN, as the trace shows it: the driver's and the guard's start-up
+        # before it must not eat into `timeout` (the ladder would end before it).
+        deadline = _deadline(timeout, "connect")
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:

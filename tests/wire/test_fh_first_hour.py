@@ -1,0 +1,96 @@
+"""What a new user hit in the first hour (issue 16), run as a user would: `tcpscapy ...`
+subprocesses in the lab's hosts, against kernel peers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tcpscapy import lab as labmod
+from tcpscapy.lab import Lab
+from tests.wire.cli_helpers import SERVER, finish, json_objects, kernel_server, tcpscapy_run
+
+pytestmark = pytest.mark.wire
+LAB_PREFIX = "fh"
+
+
+@pytest.fixture
+def net(lab: Lab) -> Iterator[Lab]:
+    yield lab
+    finish(lab)
+
+
+# -- 1. inside the lab a lab address is fine ----------------------------------------------
+
+
+def test_inside_the_lab_a_lab_address_is_allowed(net: Lab) -> None:
+    assert labmod.outside_lab(SERVER) is not None  # this thread: the host's namespace
+    with net.enter("client"):  # as the shell's lab_enter("client") does
+        assert labmod.outside_lab(SERVER) is None
+    port = kernel_server(net, "greet")
+    result = tcpscapy_run(net, "client", "connect", SERVER, str(port), "-q")  # HOST PORT
+    assert (result.returncode, result.stdout) == (0, b"hello"), result.stderr
+
+
+# -- 4. --timeout and the ladder agree ---------------------------------------------------
+
+
+def test_the_timeout_counts_from_the_syn_the_ladder_shows(net: Lab) -> None:
+    port = kernel_server(net)
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "--syn", "-j", "DROP"]
+    net.run("server", ["iptables", "-I", *rule], check=True)  # gone with the lab
+    result = tcpscapy_run(net, "client", "connect", f"{SERVER}:{port}", "--timeout", "1.5",
+                          "--json")
+    assert result.returncode == 5
+    objs = json_objects(result.stderr)
+    error = next(o for o in objs if o["type"] == "error")
+    assert error["message"].endswith("timed out after 1.5 s")
+    syn = next(o for o in objs if o["type"] == "segment")
+    closed = next(o for o in objs if o["type"] == "state" and o["new"] == "CLOSED")
+    assert closed["t"] - syn["t"] >= 1.5, (syn, closed)
+
+
+# -- 7. --no-fin ---------------------------------------------------------------------------
+
+# Answers b"go" with CHUNKS chunks, PAUSE s apart, but stops as soon as the client half-closes
+# (as some servers do): only a client that keeps its side open gets everything.
+STOP_ON_HALF_CLOSE = r"""
+import select, socket, sys
+srv = socket.create_server((sys.argv[1], 0))
+print(srv.getsockname()[1], flush=True)
+while True:
+    c, _ = srv.accept()
+    with c:
+        got = b""
+        while b"go" not in got and (data := c.recv(100)):
+            got += data
+        for _ in range(40):
+            if select.select([c], [], [], 0.05)[0] and not c.recv(100):
+                break
+            c.sendall(b"x" * 1000)
+"""
+
+
+def test_no_fin_keeps_our_side_open_until_the_peer_closes(net: Lab) -> None:
+    proc = net.popen("server", [sys.executable, "-c", STOP_ON_HALF_CLOSE, SERVER],
+                     stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = proc.stdout.readline().strip()
+    kept = tcpscapy_run(net, "client", "connect", f"{SERVER}:{port}", "--send", "go",
+                        "--no-fin", "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout == b"x" * 40_000
+    objs = json_objects(kept.stderr)
+    fins = [o for o in objs if o["type"] == "segment" and "F" in o["flags"]]
+    assert [f["dir"] for f in fins] == ["in", "out"]  # the peer's FIN came first
+    closed = tcpscapy_run(net, "client", "connect", f"{SERVER}:{port}", "--send", "go", "-q")
+    assert closed.returncode == 0, closed.stderr
+    assert len(closed.stdout) < 40_000  # the default half-close stopped it
+
+
+def _json(line: str) -> dict[str, object]:
+    return dict(json.loads(line))
