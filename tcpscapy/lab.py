@@ -216,6 +216,10 @@ class Lab:
             raise LabError(f"lab {self.prefix!r} is not up (no namespace {name}); run `lab up`")
         return name
 
+    def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs argv in `host`'s namespace (`ip netns exec NS ...`)."""
+        return self._exec_argv(host, argv)
+
     def _exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
         if isinstance(argv, str | bytes) or not argv:
             raise LabUsageError("argv must be a non-empty list of strings, not a shell string")

@@ -3,7 +3,7 @@ subprocesses in the lab's hosts, against kernel peers."""
 
 from __future__ import annotations
 
-import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +12,15 @@ import pytest
 
 from tcpscapy import lab as labmod
 from tcpscapy.lab import Lab
-from tests.wire.cli_helpers import SERVER, finish, json_objects, kernel_server, tcpscapy_run
+from tests.wire.cli_helpers import (
+    SERVER,
+    TCPSCAPY,
+    finish,
+    json_objects,
+    kernel_server,
+    lab_processes,
+    tcpscapy_run,
+)
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "fh"
@@ -92,5 +100,33 @@ def test_no_fin_keeps_our_side_open_until_the_peer_closes(net: Lab) -> None:
     assert len(closed.stdout) < 40_000  # the default half-close stopped it
 
 
-def _json(line: str) -> dict[str, object]:
-    return dict(json.loads(line))
+# -- 2. lab exec passes signals on ---------------------------------------------------------
+
+# Says "ready", then sleeps; SIGTERM makes it exit 42 (a program that cleans up), SIGINT and
+# SIGHUP kill it (their default action).
+SLEEPER = r"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 42), (signal.SIGINT, 130),
+                                              (signal.SIGHUP, 129)])
+def test_lab_exec_forwards_signals_and_returns_the_childs_code(net: Lab, signum: int,
+                                                                code: int) -> None:
+    proc = subprocess.Popen([*TCPSCAPY, "lab", "exec", "--prefix", net.prefix, "client", "--",
+                             sys.executable, "-c", SLEEPER],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code
+        assert proc.stderr is not None and "Aborted" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert lab_processes(net) == []  # the child did not outlive the wrapper
