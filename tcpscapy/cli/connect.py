@@ -37,6 +37,7 @@ from tcpscapy.cli._common import (
     unescape,
     wait_or_signal,
 )
+from tcpscapy.cli._streams import reopen_closed
 from tcpscapy.svg import write_ladder_svg
 from tcpscapy.trace import fast_open_lines
 
@@ -227,9 +228,13 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
     stdin sends FIN (half-close, unless --no-fin) and the command ends when both
     directions are closed. The segment ladder goes to stderr as it happens. Needs root.
     """
+    closed = reopen_closed()  # stdin closed: nothing to send; stderr closed: no ladder
     style: Style = "json" if as_json else "quiet" if quiet else "ladder"
     out = Output("connect", style=style, relative=not absolute)
     try:
+        if "stdout" in closed:
+            raise errors.UsageError("stdout is closed (>&-): the peer's bytes would be lost; "
+                                    "redirect it instead (>/dev/null to discard them)")
         if as_json and quiet:
             raise errors.UsageError("--json and -q exclude each other")
         host, port = _target(target, port_arg)

@@ -130,3 +130,27 @@ def test_lab_exec_forwards_signals_and_returns_the_childs_code(net: Lab, signum:
             proc.kill()
             proc.wait()
     assert lab_processes(net) == []  # the child did not outlive the wrapper
+
+
+# -- 3. closed standard streams ------------------------------------------------------------
+
+
+def _shell(net: Lab, script: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`sh -c SCRIPT` in the client host, "$@" being `tcpscapy ARGS`."""
+    return net.run("client", ["sh", "-c", script, "sh", *TCPSCAPY, *args],
+                   capture_output=True, timeout=60)
+
+
+def test_closed_standard_streams(net: Lab) -> None:
+    port = str(kernel_server(net))
+    no_stderr = _shell(net, 'echo hello | "$@" 2>&-', "connect", SERVER, port)
+    assert (no_stderr.returncode, no_stderr.stdout) == (0, b"hello\n")  # the echo is intact
+    no_stdin = _shell(net, '"$@" <&- 2>&1', "connect", SERVER, port, "-q", "--send", "hi")
+    assert (no_stdin.returncode, no_stdin.stdout) == (0, b"hi")
+    empty = _shell(net, '"$@" <&-', "connect", SERVER, port, "-q")  # as if empty: FIN at once
+    assert (empty.returncode, empty.stdout, empty.stderr) == (0, b"", b"")
+    no_stdout = _shell(net, 'echo hello | "$@" >&-', "connect", SERVER, port, "-q")
+    assert no_stdout.returncode == 2
+    assert no_stdout.stderr.decode().splitlines() == [
+        "tcpscapy connect: stdout is closed (>&-): the peer's bytes would be lost; redirect "
+        "it instead (>/dev/null to discard them)"]
