@@ -532,8 +532,6 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     `lab_check=False` allows it, for your own namespaces on those addresses.
     """
     ip = resolve(host)
-    if _flag("lab_check", lab_check):
-        check_lab_destination(ip)
     port = _port(port, zero_ok=False)
     _deadline(timeout, "connect")  # a bad timeout fails before anything is sent
     payload = _data(data)
@@ -550,6 +548,8 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
+    if _flag("lab_check", lab_check):  # after the argument checks, before anything is sent
+        check_lab_destination(ip)
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     attempt = cache.attempt(ip) if cache is not None else None

@@ -122,3 +122,37 @@ def test_the_netcat_forms_get_as_far_as_the_privilege_check(args: list[str]) -> 
     result = run("connect", *args)
     assert result.exit_code == 4, result.stderr
     assert STUB in one_line(result)
+
+
+# -- 6. an unwritable --tfo-cache ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("no/such/dir/tfo.json", "no directory"),
+    ("a-dir", "it is a directory"),
+])
+def test_a_tfo_cache_that_cannot_be_kept_fails_in_one_line_and_creates_nothing(
+        tmp_path: Path, where: str, message: str) -> None:
+    (tmp_path / "a-dir").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    result = run("connect", "192.0.2.1:80", "--tfo", "--tfo-cache", str(tmp_path / where))
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert line.startswith(f"tcpscapy connect: cannot use --tfo-cache {tmp_path / where}: ")
+    assert message in line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_cache_verdict_that_was_not_saved_says_so(tmp_path: Path) -> None:
+    from tcpscapy.core.tfo import FastOpen
+    from tcpscapy.io.tfo_cache import TfoCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    cache = TfoCache(blocker / "tfo.json")
+    note = cache.learn("10.0.0.1", FastOpen(cookie_sent=b"", cookie_received=b"12345678"),
+                       1460)
+    assert note.startswith("cookie 3132333435363738 cached for 10.0.0.1; not saved: ")
+    assert f"cannot write {blocker / 'tfo.json'}" in note
+    good = TfoCache(tmp_path / "tfo.json")
+    assert "not saved" not in good.learn("10.0.0.1", FastOpen(cookie_sent=b""), 1460)

@@ -14,6 +14,7 @@ import shlex
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -245,6 +246,8 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
         options.update({k: v for k, v in (("sport", sport), ("iface", iface)) if v})
         if tfo_cache is not None and not tfo:
             raise errors.UsageError("--tfo-cache needs --tfo")
+        if tfo_cache is not None:
+            _check_tfo_cache(tfo_cache)
         if pcap_path:
             check_writable(pcap_path)
         if svg_path:
@@ -333,6 +336,19 @@ def _report_fast_open(out: Output, conn: Connection) -> None:
                  experimental=fo.experimental if fo else False, cache=conn.tfo_note)
     elif conn.tfo_note:
         out.note(f"Fast Open cache: {conn.tfo_note}")
+
+
+def _check_tfo_cache(path: str) -> None:
+    """Fail before any traffic if the --tfo-cache FILE could not be kept (its directory
+    is never created: a typo must not leave directories behind)."""
+    file = Path(path)
+    where = file.parent
+    if not where.is_dir():
+        raise errors.UsageError(f"cannot use --tfo-cache {path}: no directory {where}")
+    if file.is_dir():
+        raise errors.UsageError(f"cannot use --tfo-cache {path}: it is a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise errors.UsageError(f"cannot use --tfo-cache {path}: {where} is not writable")
 
 
 def _check_svg(path: str) -> None:
