@@ -47,7 +47,7 @@ from tcpscapy.core.segment import ACK, RST, SYN
 from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.driver import Endpoint, close_all
-from tcpscapy.svg import write_ladder_svg
+from tcpscapy.svg import MAX_ROWS, write_ladder_svg
 from tcpscapy.trace import Trace, ladder, to_scapy_list
 
 if TYPE_CHECKING:
@@ -256,13 +256,17 @@ class ShellConnection:
                      color=out.isatty()))
 
     def ladder_svg(self, path: str | Path, *, title: str | None = None,
-                   absolute: bool = False) -> Path:
-        """Write the ladder as an SVG picture (for a handout); returns the path."""
+                   absolute: bool = False, full: bool = False) -> Path:
+        """Write the ladder as an SVG picture (for a handout); returns the path.
+
+        A long one keeps its first and last rows with a marker between them;
+        `full=True` draws every row."""
         path = Path(path)
         if title is None:
             (lip, lport), (rip, rport) = self.local, self.remote
             title = f"{lip}:{lport} \N{LEFT RIGHT ARROW} {rip}:{rport}"
-        write_ladder_svg(self.records, path, relative=not absolute, title=title)
+        write_ladder_svg(self.records, path, relative=not absolute, title=title,
+                         max_rows=None if full else MAX_ROWS)
         return path
 
     def wrpcap(self, path: str | Path) -> Path:

@@ -156,3 +156,45 @@ def test_a_cache_verdict_that_was_not_saved_says_so(tmp_path: Path) -> None:
     assert f"cannot write {blocker / 'tfo.json'}" in note
     good = TfoCache(tmp_path / "tfo.json")
     assert "not saved" not in good.learn("10.0.0.1", FastOpen(cookie_sent=b""), 1460)
+
+
+# -- 8. a long --ladder-svg ----------------------------------------------------------------
+
+
+def _long_trace(rows: int) -> list[Any]:
+    """A short conversation with `rows` copies of its first data-less ACK in the middle."""
+    from dataclasses import replace
+
+    from tests.test_svg import conversation
+
+    short = list(conversation())
+    middle = [replace(short[2], time=short[2].time + i * 1e-4) for i in range(rows)]
+    return [*short[:3], *middle, *short[3:]]
+
+
+def test_a_long_ladder_svg_leaves_out_its_middle_with_a_marker(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from tcpscapy.svg import MAX_ROWS, ROW, write_ladder_svg
+
+    trace = _long_trace(5000)
+    short, full = tmp_path / "short.svg", tmp_path / "full.svg"
+    write_ladder_svg(trace, short, title="long")
+    write_ladder_svg(trace, full, title="long", max_rows=None)
+    root = ET.parse(short).getroot()
+    assert int(root.get("height", "0")) <= ROW * (MAX_ROWS + 10)
+    texts = [e.text or "" for e in root.iter()]
+    omitted = len(trace) - MAX_ROWS + 1
+    assert f"… {omitted:,} rows omitted …" in texts
+    assert "SYN-SENT → ESTABLISHED" in texts and "TIME-WAIT → CLOSED" in texts  # both ends
+    assert int(ET.parse(full).getroot().get("height", "0")) > ROW * len(trace)
+    png = subprocess.run(["rsvg-convert", "-o", str(tmp_path / "short.png"), str(short)],
+                         capture_output=True, text=True, timeout=60)
+    assert png.returncode == 0, png.stderr
+    assert (tmp_path / "short.png").stat().st_size > 0
+
+
+def test_ladder_svg_full_needs_ladder_svg() -> None:
+    result = run("connect", "192.0.2.1:80", "--ladder-svg-full")
+    assert result.exit_code == 2
+    assert one_line(result) == "tcpscapy connect: --ladder-svg-full needs --ladder-svg"

@@ -39,7 +39,7 @@ from tcpscapy.cli._common import (
     wait_or_signal,
 )
 from tcpscapy.cli._streams import reopen_closed
-from tcpscapy.svg import write_ladder_svg
+from tcpscapy.svg import MAX_ROWS, write_ladder_svg
 from tcpscapy.trace import fast_open_lines
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the FIN exchange to finish after both sides closed
@@ -214,14 +214,17 @@ class _ConnectCommand(Command):
 @click.option("--tfo-cache", "tfo_cache", metavar="FILE",
               help="Fast Open cookie cache (default $XDG_CACHE_HOME/tcpscapy/tfo.json).")
 @click.option("--ladder-svg", "svg_path", metavar="FILE",
-              help="Write the ladder as an SVG picture to FILE at exit.")
+              help="Write the ladder as an SVG picture to FILE at exit (a long one without "
+                   "its middle, marked: see --ladder-svg-full).")
+@click.option("--ladder-svg-full", "svg_full", is_flag=True,
+              help="Every row in the --ladder-svg picture, however tall.")
 def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bool,
             no_lab_check: bool, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
             rto: float | None, user_timeout: float | None, keepalive: float | None,
             sport: int | None, iface: str | None, timeout: float | None,
             pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
-            tfo_cache: str | None, svg_path: str | None) -> None:
+            tfo_cache: str | None, svg_path: str | None, svg_full: bool) -> None:
     """Connect to HOST:PORT or HOST PORT (a name or IPv4 address; PORT a number or a
     service name such as http) on tcpscapy's own TCP engine.
 
@@ -250,6 +253,8 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
             _check_tfo_cache(tfo_cache)
         if pcap_path:
             check_writable(pcap_path)
+        if svg_full and not svg_path:
+            raise errors.UsageError("--ladder-svg-full needs --ladder-svg")
         if svg_path:
             _check_svg(svg_path)
         if not no_lab_check:
@@ -278,7 +283,7 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
     if tfo and conn is not None:
         _report_fast_open(out, conn)
     if svg_path and printer.all is not None:
-        _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}")
+        _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}", full=svg_full)
     if style == "json":
         out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
                  state=str(conn.state) if conn else None,
@@ -360,13 +365,14 @@ def _check_svg(path: str) -> None:
         raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
 
 
-def _write_svg(out: Output, printer: LivePrinter, path: str, title: str) -> None:
+def _write_svg(out: Output, printer: LivePrinter, path: str, title: str, *,
+               full: bool = False) -> None:
     trace = printer.all
     assert trace is not None
     notes = fast_open_lines(trace)
     if notes:
         title += " \N{EM DASH} " + notes[0]
     try:
-        write_ladder_svg(trace, path, title=title)
+        write_ladder_svg(trace, path, title=title, max_rows=None if full else MAX_ROWS)
     except OSError as exc:
         out.error(f"cannot write --ladder-svg {path}: {exc.strerror}", 1)
