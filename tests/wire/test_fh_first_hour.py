@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,20 @@ def test_closed_standard_streams(net: Lab) -> None:
     assert no_stdout.stderr.decode().splitlines() == [
         "tcpscapy connect: stdout is closed (>&-): the peer's bytes would be lost; redirect "
         "it instead (>/dev/null to discard them)"]
+
+
+# -- 9. make demo: the ladder, then the page -------------------------------------------------
+
+
+def test_demo_shows_the_ladder_then_the_page_on_one_terminal(unique_prefix: str) -> None:
+    """stdout and stderr into one pipe, as a terminal shows them: no interleaving."""
+    demo = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+    result = subprocess.run([sys.executable, str(demo), "--prefix", unique_prefix],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=90)
+    assert result.returncode == 0, result.stdout
+    text = result.stdout.decode()
+    footer = text.index("seq/ack relative to the ISNs")  # the ladder's last line
+    page = text.index("HTTP/1.0 200 OK")
+    assert footer < text.index("# the page (tcpscapy connect's stdout):") < page
+    assert text.rstrip().endswith("</p>")
+    assert f"# tcpscapy lab exec --prefix {unique_prefix}" in text
