@@ -198,3 +198,28 @@ def test_ladder_svg_full_needs_ladder_svg() -> None:
     result = run("connect", "192.0.2.1:80", "--ladder-svg-full")
     assert result.exit_code == 2
     assert one_line(result) == "tcpscapy connect: --ladder-svg-full needs --ladder-svg"
+
+
+# -- 10. labs, shell, error lines ----------------------------------------------------------
+
+
+def test_a_ladder_excerpt_says_how_many_rows_it_left_out() -> None:
+    from tcpscapy.trace import ladder
+
+    entries = _long_trace(10)
+    text = ladder(entries[:4] + entries[-3:], omitted={4: len(entries) - 7, 7: 2})
+    lines = text.splitlines()
+    marker = next(i for i, line in enumerate(lines) if "rows omitted" in line)
+    assert lines[marker].strip() == f"… {len(entries) - 7} rows omitted …"
+    assert "TIME-WAIT → CLOSED" in lines[marker + 3]  # then the last three entries
+    assert lines[marker + 4].strip() == "… 2 rows omitted …"  # and what came after them
+    assert ".. 2 rows omitted .." in ladder(entries[:1], omitted={1: 2}, ascii_only=True)
+
+
+def test_lab_errors_are_worded_like_every_other_command() -> None:
+    result = run("lab", "exec", "nosuch", "--", "true")
+    assert result.exit_code == 2
+    assert result.stderr == ("tcpscapy lab exec: unknown host 'nosuch': choose one of client, "
+                             "server, attacker\n")
+    connect = run("connect", "192.0.2.1:80", "--tfo-cache", "x")
+    assert one_line(connect) == "tcpscapy connect: --tfo-cache needs --tfo"  # the same shape

@@ -34,7 +34,12 @@ prefix_option = click.option(
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"tcpscapy lab: error: {message}", err=True)
+    """One line, `tcpscapy lab up: ...`, in the style of every tcpscapy command."""
+    names, ctx = [], click.get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:  # the root is `tcpscapy` itself
+        names.append(ctx.command.name or "")
+        ctx = ctx.parent
+    click.echo(" ".join(["tcpscapy", *reversed(names or ["lab"])]) + f": {message}", err=True)
     sys.exit(code)
 
 

@@ -3,6 +3,8 @@ subprocesses in the lab's hosts, against kernel peers."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +174,36 @@ def test_demo_shows_the_ladder_then_the_page_on_one_terminal(unique_prefix: str)
     assert footer < text.index("# the page (tcpscapy connect's stdout):") < page
     assert text.rstrip().endswith("</p>")
     assert f"# tcpscapy lab exec --prefix {unique_prefix}" in text
+
+
+# -- 10. labs take a prefix; lab 7 marks what its excerpt leaves out; the shell -----------
+
+LABS = Path(__file__).resolve().parents[2] / "examples" / "labs"
+
+
+def test_lab_scripts_take_a_prefix_and_lab_7_marks_its_excerpt(lab_prefix: str) -> None:
+    bad = subprocess.run([sys.executable, str(LABS / "01_handshake.py"), "--prefix", "no way!"],
+                         cwd=LABS, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "bad lab prefix 'no way!" in bad.stderr  # nothing built
+    env = {**os.environ, "TCPSCAPY_LAB_PREFIX": lab_prefix}
+    res = subprocess.run([sys.executable, str(LABS / "07_zero_window.py")], cwd=LABS, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    used = re.search(rf"\(lab ({lab_prefix}[0-9a-f]{{6}}):", res.stdout)
+    assert used is not None, res.stdout
+    assert not Lab(used.group(1)).exists()
+    excerpt = res.stdout.split("-- the handshake, then the window closing")[1]
+    gaps = [int(n) for n in re.findall(r"^ +… (\d+) rows omitted …$", excerpt, re.M)]
+    assert len(gaps) == 2 and all(n > 0 for n in gaps), excerpt  # the data, and the rest
+
+
+def test_the_shell_session_reads_as_the_readme_shows(net: Lab) -> None:
+    port = kernel_server(net)
+    script = f'c = connect("{SERVER}:{port}")\nc.send("hello"); c.recv()\nc.trace.summary()\n'
+    res = net.run("client", [*TCPSCAPY, "shell"], input=script, capture_output=True,
+                  text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout)  # the prompt's colours
+    assert ">>> b'hello'\n" in out  # the reply alone, no byte count echoed before it
+    assert re.search(r"^(>>> )? +0\.000 ms  IP / TCP 10\.77\.0\.1:\d+ > \S+ S$", out, re.M), out
+    assert re.search(r"^ +\d+\.\d{3} ms  IP / TCP 10\.77\.0\.1:\d+ > \S+ PA / Raw$", out, re.M)
