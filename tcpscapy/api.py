@@ -1,5 +1,6 @@
 """The blocking, socket-like API: tcpscapy.connect() and tcpscapy.listen().
 
+    # in a lab's client host: `tcpscapy lab exec client -- python3 this.py`
     with tcpscapy.connect("10.77.0.2", 7, mss=1000, sack=False) as conn:
         conn.sendall(b"hello")
         print(conn.recv())
