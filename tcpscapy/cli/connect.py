@@ -192,7 +192,8 @@ class _ConnectCommand(Command):
 @click.argument("target", metavar="HOST:PORT")
 @click.argument("port_arg", metavar="[PORT]", required=False)
 @click.option("--send", "send_text", metavar="TEXT",
-              help=r"Send TEXT (escapes \r \n \t \\ \0 \xHH) instead of stdin, then FIN.")
+              help=r"Send TEXT (escapes \r \n \t \\ \0 \xHH) instead of stdin, then FIN "
+                   "(see --no-fin).")
 @click.option("--no-fin", is_flag=True,
               help="At the end of stdin or --send, keep our side open (no FIN) until the "
                    "peer closes.")
