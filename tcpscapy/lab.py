@@ -30,11 +30,18 @@ from tcpscapy.netns import NeedsRoot
 HOSTS: tuple[str, ...] = ("client", "server", "attacker")
 ADDRESSES: dict[str, str] = {"client": "10.77.0.1", "server": "10.77.0.2", "attacker": "10.77.0.3"}
 PREFIXLEN = 24
-# Every subnet a lab uses. Aimed at from outside its namespaces, an address here goes out of
-# the default route to the real network, so connect() refuses it (see outside_lab()).
-LAB_SUBNETS: tuple[ipaddress.IPv4Network, ...] = (ipaddress.IPv4Network("10.77.0.0/24"),)
+# The address space of each kind of lab: this flat one, and the routed lab's 10.78.{1,2,3}.0/24
+# (tcpscapy.routed), whose hosts reach each other's subnets through its router. Aimed at from
+# outside a lab's namespaces, an address here goes out of the default route to the real
+# network, so connect() refuses it (see outside_lab()). A new lab adds its space here.
+LAB_SUBNETS: tuple[ipaddress.IPv4Network, ...] = (
+    ipaddress.IPv4Network("10.77.0.0/24"),
+    ipaddress.IPv4Network("10.78.0.0/16"),
+)
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
+# The namespace that tells which kind of lab a prefix names (the routed lab: tcpscapy.routed).
+KIND_MARKERS: dict[str, str] = {"flat": "sw", "routed": "router"}
 OFFLOADS_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off")
 # IPv6 would add router solicitations, DAD and MLD chatter to every capture.
 QUIET_SYSCTLS = (
@@ -64,6 +71,7 @@ class Lab:
 
     prefix: str = "tcpscapy"
     hosts: tuple[str, ...] = field(default=HOSTS, init=False)
+    kind: str = field(default="flat", init=False)
     _children: list[subprocess.Popen[Any]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,8 +83,8 @@ class Lab:
     # -- names -------------------------------------------------------------------------
 
     def ns(self, host: str) -> str:
-        """Namespace name of `host` (one of client, server, attacker)."""
-        return f"{self.prefix}-{_check_host(host)}"
+        """Namespace name of `host` (one of `self.hosts`)."""
+        return f"{self.prefix}-{self._check_host(host)}"
 
     @property
     def switch_ns(self) -> str:
@@ -87,7 +95,7 @@ class Lab:
 
     def addr(self, host: str) -> str:
         """IPv4 address of `host` on the lab link, without prefix length."""
-        return ADDRESSES[_check_host(host)]
+        return ADDRESSES[self._check_host(host)]
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -102,6 +110,7 @@ class Lab:
         existed are left for `down()`.
         """
         _require_tools("ip", "ethtool")
+        self._refuse_other_kind()
         created: list[str] = []
         try:
             for name in self.namespaces():
@@ -164,7 +173,8 @@ class Lab:
             h["link_up"] and h["has_address"] for h in hosts.values()
         )
         state = "down" if not any(parts) else "up" if all(parts) and healthy else "partial"
-        return {"prefix": self.prefix, "state": state, "switch": switch, "hosts": hosts}
+        return {"prefix": self.prefix, "kind": self.kind, "state": state, "switch": switch,
+                "hosts": hosts}
 
     def __enter__(self) -> Lab:
         return self.up()
@@ -208,6 +218,18 @@ class Lab:
             yield
 
     # -- internals ---------------------------------------------------------------------
+
+    def _check_host(self, host: str) -> str:
+        if host not in self.hosts:
+            raise LabUsageError(f"unknown host {host!r}: choose one of {', '.join(self.hosts)}")
+        return host
+
+    def _refuse_other_kind(self) -> None:
+        """`up` never mixes a flat and a routed lab under one prefix: their links differ."""
+        kind = lab_kind(self.prefix)
+        if kind not in (None, self.kind):
+            raise LabError(f"lab {self.prefix!r} is up as a {kind} lab: "
+                           f"run `tcpscapy lab down --prefix {self.prefix}` first")
 
     def _present_ns(self, host: str) -> str:
         name = self.ns(host)
@@ -262,9 +284,9 @@ class Lab:
 
 
 def outside_lab(ip: str) -> ipaddress.IPv4Network | None:
-    """The lab subnet `ip` is in when no interface of this thread's namespace is on that
-    subnet (we are not inside that lab, so the packet would leave by the default route);
-    None when `ip` is no lab address or we are inside."""
+    """The lab address space (LAB_SUBNETS) `ip` is in when no interface of this thread's
+    namespace is in that space (we are not inside such a lab, so the packet would leave by
+    the default route); None when `ip` is no lab address or we are inside."""
     try:
         addr = ipaddress.IPv4Address(ip)
     except ValueError:
@@ -278,10 +300,12 @@ def outside_lab(ip: str) -> ipaddress.IPv4Network | None:
     return subnet
 
 
-def _check_host(host: str) -> str:
-    if host not in ADDRESSES:
-        raise LabUsageError(f"unknown host {host!r}: choose one of {', '.join(HOSTS)}")
-    return host
+def lab_kind(prefix: str) -> str | None:
+    """'flat' or 'routed' by the namespace only that kind has; None if neither exists."""
+    for kind, suffix in KIND_MARKERS.items():
+        if netns.exists(f"{prefix}-{suffix}"):
+            return kind
+    return None
 
 
 def _require_root() -> None:

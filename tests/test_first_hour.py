@@ -58,6 +58,20 @@ def test_the_host_namespace_is_not_in_the_lab() -> None:
     assert "127.0.0.1" in tcpscapy.netns.local_ipv4_addresses()
 
 
+def test_inside_a_routed_lab_its_other_subnets_are_inside_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcpscapy import routed
+
+    hosts = [*routed.SUBNETS]
+    for host in hosts:  # every routed address is in the one list connect() checks
+        for addr in (routed.host_addr(host), routed.gateway_addr(host)):
+            assert labmod.outside_lab(addr) is not None, addr
+    client = routed.host_addr("client")
+    monkeypatch.setattr(labmod.netns, "local_ipv4_addresses", lambda: {"127.0.0.1", client})
+    assert labmod.outside_lab(routed.host_addr("server")) is None  # through the router
+    assert labmod.outside_lab(LAB_SERVER) is not None  # the flat lab is another lab
+
+
 def test_connect_to_a_lab_address_from_outside_shows_the_lab_exec_command() -> None:
     result = run("connect", f"{LAB_SERVER}:80", "--send", "GET / HTTP/1.0\\r\\n\\r\\n")
     assert result.exit_code == 2
@@ -219,7 +233,8 @@ def test_a_ladder_excerpt_says_how_many_rows_it_left_out() -> None:
 def test_lab_errors_are_worded_like_every_other_command() -> None:
     result = run("lab", "exec", "nosuch", "--", "true")
     assert result.exit_code == 2
-    assert result.stderr == ("tcpscapy lab exec: unknown host 'nosuch': choose one of client, "
-                             "server, attacker\n")
+    assert result.stderr.startswith("tcpscapy lab exec: unknown host 'nosuch': choose one of "
+                                    "client, server, attacker")
+    assert result.stderr.count("\n") == 1
     connect = run("connect", "192.0.2.1:80", "--tfo-cache", "x")
     assert one_line(connect) == "tcpscapy connect: --tfo-cache needs --tfo"  # the same shape
