@@ -55,9 +55,10 @@ Examples (10.77.0.2 is the lab's server: `tcpscapy lab up` first):
       --send 'GET / HTTP/1.0\\r\\n\\r\\n'
 
 \b
-A lab address (10.77.0.0/24) is refused unless this namespace is on that
-subnet: from outside the lab it would leave by the default route to the real
-network. --no-lab-check allows it, for your own namespaces on those addresses.
+A lab address (10.77.0.0/24; the routed lab's 10.78.0.0/16) is refused unless
+this namespace is in that lab: from outside it would leave by the default
+route to the real network. --no-lab-check allows it, for your own namespaces
+on those addresses.
 
 \b
 The ladder (stderr): time since the first entry, our state, an arrow per
