@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -286,18 +287,30 @@ class Lab:
 def outside_lab(ip: str) -> ipaddress.IPv4Network | None:
     """The lab address space (LAB_SUBNETS) `ip` is in when no interface of this thread's
     namespace is in that space (we are not inside such a lab, so the packet would leave by
-    the default route); None when `ip` is no lab address or we are inside."""
+    the default route); None when `ip` is no lab address or we are inside.
+
+    Called on every connect(), so it stays cheap: integer compares for the usual non-lab
+    address, and a namespace found inside a lab is remembered (by its inode) rather than
+    its interfaces read again.
+    """
     try:
-        addr = ipaddress.IPv4Address(ip)
-    except ValueError:
+        value = int.from_bytes(socket.inet_aton(ip), "big")
+    except OSError:
         return None
-    subnet = next((net for net in LAB_SUBNETS if addr in net), None)
+    subnet = next((net for base, mask, net in _LAB_MASKS if value & mask == base), None)
     if subnet is None:
         return None
-    local = netns.local_ipv4_addresses()
-    if any(ipaddress.IPv4Address(a) in subnet for a in local):
+    key = (netns.current_id(), subnet)
+    if key in _INSIDE:
+        return None
+    if any(ipaddress.IPv4Address(a) in subnet for a in netns.local_ipv4_addresses()):
+        _INSIDE.add(key)
         return None
     return subnet
+
+
+_INSIDE: set[tuple[int, ipaddress.IPv4Network]] = set()  # (namespace inode, lab space)
+_LAB_MASKS = [(int(net.network_address), int(net.netmask), net) for net in LAB_SUBNETS]
 
 
 def lab_kind(prefix: str) -> str | None:
