@@ -550,7 +550,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
     if _flag("lab_check", lab_check):  # after the argument checks, before anything is sent
-        check_lab_destination(ip)
+        # From where the packets would leave: the driver's namespace (the default driver's
+        # is the calling thread's; a driver made in a lab host may be called from outside).
+        with driver._in_namespace() if driver is not None else contextlib.nullcontext():
+            check_lab_destination(ip)
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     attempt = cache.attempt(ip) if cache is not None else None

@@ -6,6 +6,7 @@ command line that passes every earlier check never reaches the network.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -101,7 +102,11 @@ def test_as_a_user_would_run_it_the_lab_check_comes_first() -> None:
 
 
 class _NoDriver:
-    """A driver that fails the test if connect() gets as far as using it."""
+    """A driver in this (the host's) namespace that fails the test if connect() gets as far
+    as using it."""
+
+    def _in_namespace(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"connect() used the driver ({name}) for a lab address")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import tcpscapy
 from tcpscapy import lab as labmod
+from tcpscapy.io.driver import Driver
 from tcpscapy.lab import Lab
 from tests.wire.cli_helpers import (
     SERVER,
@@ -45,6 +47,14 @@ def test_inside_the_lab_a_lab_address_is_allowed(net: Lab) -> None:
     port = kernel_server(net, "greet")
     result = tcpscapy_run(net, "client", "connect", SERVER, str(port), "-q")  # HOST PORT
     assert (result.returncode, result.stdout) == (0, b"hello"), result.stderr
+    with net.enter("client"):
+        driver = Driver(background=False)  # made in the lab, then used from outside it
+    try:
+        conn = tcpscapy.connect(SERVER, port, driver=driver, timeout=10)
+        assert conn.recv(timeout=10) == b"hello"
+        conn.abort()
+    finally:
+        driver.close(linger=0.5)
 
 
 # -- 4. --timeout and the ladder agree ---------------------------------------------------
