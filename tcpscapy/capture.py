@@ -313,8 +313,7 @@ class _States:
             me.iss = seg.seq
             if flags & ACK:
                 if me.state in (State.CLOSED, State.LISTEN):
-                    if me.state is State.CLOSED:
-                        self._go(when, sender, State.LISTEN)
+                    me.state = State.LISTEN  # it was listening: it answers a SYN
                     self._go(when, sender, State.SYN_RECEIVED)
                 if them.state is State.SYN_SENT:
                     self._go(when, receiver, State.ESTABLISHED)

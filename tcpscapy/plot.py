@@ -342,7 +342,7 @@ def _marks(p: _Panel, marks: Sequence[tuple[float, int, int]], cls: str) -> list
     return out
 
 
-def _seq_panel(out: list[str], flow: FlowData, p: _Panel) -> None:
+def _seq_panel(out: list[str], flow: FlowData, p: _Panel, sides: tuple[str, str] | None) -> None:
     legend = [("data sent", COLORS["data"], "line"),
               (f"retransmission ({len(flow.rtx)})", COLORS["rtx"], "line"),
               ("ACK", COLORS["ack"], "line"), ("ACK + window", COLORS["rwnd"], "line")]
@@ -352,8 +352,12 @@ def _seq_panel(out: list[str], flow: FlowData, p: _Panel) -> None:
         legend.append((f"lost ({len(flow.lost)})", COLORS["lost"], "line"))
     if flow.events:
         legend.append((f"RACK/TLP ({len(flow.events)})", COLORS["event"], "line"))
-    who = "our" if flow.direction == "out" else "the peer's"
-    _frame(out, p, f"Time-sequence graph: {who} data", "sequence", "bytes", legend)
+    if sides is None:
+        who = "our data" if flow.direction == "out" else "the peer's data"
+    else:
+        sender, receiver = sides if flow.direction == "out" else sides[::-1]
+        who = f"data from {sender} to {receiver}"
+    _frame(out, p, f"Time-sequence graph: {who}", "sequence", "bytes", legend)
     if flow.rwnd:
         out.append(_step_line(p, flow.rwnd, "rwnd"))
     if flow.acks:
@@ -465,12 +469,14 @@ def _rtt_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
 
 
 def plot_svg(entries: Iterable[TraceEntry], samples: Sequence[Sample] | None = None, *,
-             direction: Direction | None = None, title: str | None = None) -> str:
+             direction: Direction | None = None, title: str | None = None,
+             sides: tuple[str, str] | None = None) -> str:
     """The SVG document: time-sequence graph, sender state, RTT.
 
     `direction` picks whose data to draw ("out": ours, "in": the peer's; default:
     the one that carried more). `samples` (a MetricsRecorder's) describe our
-    sending side, so they are used only when our data is drawn.
+    sending side, so they are used only when our data is drawn. `sides` names
+    the "out" and "in" ends (e.g. ("client", "server") for a capture).
     """
     flow = analyse(entries, direction)
     if flow.direction != "out":
@@ -493,7 +499,7 @@ def plot_svg(entries: Iterable[TraceEntry], samples: Sequence[Sample] | None = N
     sent = max((hi for _, _, hi in flow.data), default=0)
     out.append(f'<text class="note" x="20" y="46">{escape(_summary(flow, sent, span))}</text>')
     seq = _Panel(seq_top, SEQ_HEIGHT, t0, span, min([0, *ys]), y_hi * 1.05)
-    _seq_panel(out, flow, seq)
+    _seq_panel(out, flow, seq, sides)
     _cc_panel(out, flow, samples, cc_top, t0, span)
     _rtt_panel(out, flow, samples, rtt_top, t0, span)
     out.append(f'<text class="note" x="{LEFT + WIDTH}" y="{height - 10}" text-anchor="end">'
@@ -515,6 +521,7 @@ def _summary(flow: FlowData, sent: int, span: float) -> str:
 
 def write_plot_svg(entries: Iterable[TraceEntry], path: str | PathLike[str],
                    samples: Sequence[Sample] | None = None, *,
-                   direction: Direction | None = None, title: str | None = None) -> None:
-    Path(path).write_text(plot_svg(entries, samples, direction=direction, title=title),
-                          encoding="utf-8")
+                   direction: Direction | None = None, title: str | None = None,
+                   sides: tuple[str, str] | None = None) -> None:
+    Path(path).write_text(plot_svg(entries, samples, direction=direction, title=title,
+                                   sides=sides), encoding="utf-8")
