@@ -320,8 +320,8 @@ def svg_path_for(base: str, peer: tuple[str, int]) -> str:
     return str(path.with_name(f"{path.stem}-{peer[0]}-{peer[1]}{suffix}"))
 
 
-def _check_svg(path: str, once: bool) -> None:
-    """Fail before listening if --ladder-svg cannot be written (FILE, or its directory)."""
+def _check_svg(path: str, once: bool, option: str = "--ladder-svg") -> None:
+    """Fail before listening if `option`'s FILE cannot be written (FILE, or its directory)."""
     try:
         if once:
             with open(path, "w"):
@@ -329,7 +329,7 @@ def _check_svg(path: str, once: bool) -> None:
         elif not os.access(Path(path).parent, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "directory not writable")
     except OSError as exc:
-        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
+        raise errors.UsageError(f"cannot write {option} {path}: {exc.strerror}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -422,7 +422,7 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
         if svg_path:
             _check_svg(svg_path, once)
         if plot_path:
-            _check_svg(plot_path, once)
+            _check_svg(plot_path, once, "--plot")
         require_net_admin()
         plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path,
                     plot_path)
