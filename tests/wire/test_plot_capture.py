@@ -45,8 +45,8 @@ def _capture_download(lab: Lab, site: Path, pcap: Path) -> None:
     _wait_for("http.server listening", lambda: lab.run(
         "server", ["ss", "-Hltn", f"sport = :{PORT}"], capture_output=True,
         text=True).stdout.strip())
-    dump = lab.popen("server", ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-Z", "root", "-w", str(pcap),
-                                "tcp", "port", str(PORT)],
+    dump = lab.popen("server", ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-Z", "root",
+                                "-w", str(pcap), "tcp", "port", str(PORT)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert dump.stderr is not None
     line = ""
