@@ -16,7 +16,14 @@ import pytest
 from tcpscapy.capture import CaptureError, read_capture
 from tcpscapy.core.segment import FIN
 from tcpscapy.lab import Lab
-from tests.wire.cli_helpers import SERVER
+from tests.wire.cli_helpers import (
+    SERVER,
+    finish,
+    kernel_server,
+    read_until,
+    tcpscapy_popen,
+    tcpscapy_run,
+)
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "pl"
@@ -93,3 +100,37 @@ def test_kernel_capture_plots_and_ladders(lab: Lab, tmp_path: Path) -> None:
     assert "FIN-WAIT-1" in out and "CLOSE-WAIT" in out  # the close, from the wire
     assert " S seq=0 " in out and " SA seq=0 ack=1 " in out
     assert (tmp_path / "ladder.svg").read_text().count("<line") > 20
+
+
+def test_connect_and_listen_plot_their_transfers(lab: Lab, tmp_path: Path) -> None:
+    """--plot on both commands: our sending side's cwnd and RTT come from the engine."""
+    try:
+        port = kernel_server(lab, "count")
+        upload = tmp_path / "up.svg"
+        sent = tcpscapy_run(lab, "client", "connect", f"{SERVER}:{port}", "-q", "--plot",
+                            str(upload), input=os.urandom(200_000))
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout == b"got 200000"
+        text = upload.read_text()
+        assert "Time-sequence graph: our data" in text
+        for series in ("data", "ack", "rwnd", "cwnd", "flight", "srtt", "rto"):
+            assert f'class="{series}"' in text, series
+
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(150_000))
+        served = tmp_path / "served.svg"
+        server = tcpscapy_popen(lab, "server", "listen", f"{SERVER}:{PORT + 1}", "--file",
+                                str(blob), "--once", "--plot", str(served))
+        assert server.stderr is not None
+        read_until(server.stderr, b"listening")
+        got = lab.run("client", ["curl", "-sS", "--max-time", "20", "--http0.9", "-o",
+                                 "/dev/null", "-w", "%{size_download}",
+                                 f"http://{SERVER}:{PORT + 1}/"], capture_output=True, text=True,
+                      timeout=60)
+        assert got.stdout == "150000", got.stderr
+        _, err = server.communicate(timeout=WAIT)
+        assert server.returncode == 0, err
+        text = served.read_text()
+        assert "Time-sequence graph: our data" in text and 'class="cwnd"' in text
+    finally:
+        finish(lab)
