@@ -207,8 +207,11 @@ class _Panel:
     """One plot area: maps (time, value) to pixels."""
 
     def __init__(self, top: int, height: int, t0: float, span: float, y_lo: float,
-                 y_hi: float) -> None:
+                 y_hi: float, log: bool = False) -> None:
         self.top, self.height, self.t0, self.span = top, height, t0, span
+        self.log = log  # a log scale: RTTs of 0.1 ms and RTOs of 1 s in one panel
+        if log:
+            y_lo, y_hi = math.log10(y_lo), math.log10(y_hi)
         self.y_lo, self.y_hi = y_lo, y_hi if y_hi > y_lo else y_lo + 1
 
     def col(self, t: float) -> int:
@@ -218,15 +221,19 @@ class _Panel:
         return LEFT + self.col(t) + 0.5
 
     def y(self, value: float) -> float:
+        if self.log:
+            value = math.log10(value) if value > 0 else self.y_lo
         frac = (value - self.y_lo) / (self.y_hi - self.y_lo)
-        return round(self.top + self.height * (1 - min(max(frac, -0.02), 1.02)), 1)
+        return round(self.top + self.height * (1 - min(max(frac, 0.0), 1.0)), 1)  # kept inside
 
 
 def _frame(out: list[str], p: _Panel, name: str, y_label: str, y_fmt: str,
            legend: list[tuple[str, str, str]]) -> None:
     """Grid, axes, tick labels, the panel's name and its legend (label, colour, style)."""
     bottom = p.top + p.height
-    for v in _ticks(p.y_lo, p.y_hi, 6):
+    values = ([10.0 ** e for e in range(math.ceil(p.y_lo - 1e-9), math.floor(p.y_hi + 1e-9) + 1)]
+              if p.log else _ticks(p.y_lo, p.y_hi, 6))
+    for v in values:
         y = p.y(v)
         text = _bytes_label(v) if y_fmt == "bytes" else f"{v * 1000:g} ms"
         out.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{LEFT + WIDTH}" y2="{y}"/>')
@@ -447,16 +454,20 @@ def _rtt_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
     srtt = _series(samples, "srtt") if samples else []
     rto = _series(samples, "rto") if samples else []
     values = [v for _, v in (*srtt, *rto)] or [v for _, v in flow.rtt]
-    p = _Panel(p_top, RTT_HEIGHT, t0, span, 0.0, max(values, default=0.001) * 1.1)
+    positive = [v for v in values if v > 0]
+    lo = 10.0 ** math.floor(math.log10(min(positive, default=1e-4)))
+    hi = 10.0 ** math.ceil(math.log10(max(positive, default=1e-3) * 1.01))
+    p = _Panel(p_top, RTT_HEIGHT, t0, span, lo, max(hi, lo * 10), log=True)
     if srtt or rto:
         legend = [("smoothed RTT", COLORS["srtt"], "line"), ("RTO", COLORS["rto"], "dash")]
-        _frame(out, p, "Round-trip time and retransmission timeout", "time", "ms", legend)
+        _frame(out, p, "Round-trip time and retransmission timeout (log scale)", "time", "ms",
+               legend)
         if rto:
             out.append(_step_line(p, rto, "rto", dash=True))
         if srtt:
             out.append(_envelope_line(p, srtt, "srtt"))
         return
-    _frame(out, p, "RTT samples (send to covering ACK, Karn)", "time", "ms",
+    _frame(out, p, "RTT samples (send to covering ACK, Karn; log scale)", "time", "ms",
            [(f"RTT sample ({len(flow.rtt)})", COLORS["rtt"], "line")])
     cols: dict[int, set[float]] = {}
     for t, v in flow.rtt:
