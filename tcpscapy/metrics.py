@@ -15,11 +15,12 @@ control objects (`cwnd`, `ssthresh`, `bytes_in_flight`, `srtt`, `rto`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["DEFAULT_CAPACITY", "MetricsRecorder", "Sample", "read_sample"]
+__all__ = ["DEFAULT_CAPACITY", "MetricsRecorder", "Sample", "read_sample", "reader"]
 
-DEFAULT_CAPACITY = 4096
+DEFAULT_CAPACITY = 1024  # the plots draw ~1000 pixel columns
 _NO_SSTHRESH = 1 << 29  # an "infinite" initial ssthresh is not drawn
 
 
@@ -33,16 +34,8 @@ class Sample(NamedTuple):
     phase: str  # "slow-start", "congestion-avoidance", "recovery", "startup", … or ""
 
 
-def _number(value: Any) -> Any:
-    if callable(value):
-        value = value()
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _phase(conn: Any, cwnd: int | None, ssthresh: int | None) -> str:
-    phase = getattr(conn, "cc_phase", None)
-    if isinstance(phase, str):
-        return phase
+    """The phase as the engine before congestion-control objects tells it."""
     recovery = getattr(conn, "recovery", None)
     name = str(getattr(recovery, "value", recovery) or "none")
     if name not in ("none", "None"):
@@ -52,35 +45,62 @@ def _phase(conn: Any, cwnd: int | None, ssthresh: int | None) -> str:
     return "slow-start" if ssthresh is None or cwnd < ssthresh else "congestion-avoidance"
 
 
+def _getter(obj: Any, *paths: str) -> Callable[[], Any]:
+    """A function reading the first of the attribute `paths` ("rtt.srtt") that `obj` has,
+    calling it if it is a method; None when it has none. Found once, so sampling costs
+    no failed lookups."""
+    for path in paths:
+        owner, names = obj, path.split(".")
+        for name in names[:-1]:
+            owner = getattr(owner, name, None)
+        last = names[-1]
+        if owner is None or not hasattr(owner, last):
+            continue
+        if callable(getattr(owner, last)):
+            return getattr(owner, last)  # type: ignore[no-any-return]
+        if len(names) == 1:
+            return lambda: getattr(obj, last)
+        first = names[0]
+        return lambda: getattr(getattr(obj, first), last)
+    return lambda: None
+
+
+def reader(conn: Any) -> Callable[[float], Sample]:
+    """A function giving the connection's sender state at `now` (None for what it does
+    not expose), its attribute names looked up once."""
+    cwnd = _getter(conn, "cwnd")
+    ssthresh = _getter(conn, "ssthresh")
+    flight = _getter(conn, "bytes_in_flight", "pipe")
+    srtt = _getter(conn, "srtt", "rtt.srtt")
+    rto = _getter(conn, "rto", "rtt.rto")
+    has_phase = hasattr(conn, "cc_phase")
+
+    def read(now: float) -> Sample:
+        window, threshold = cwnd(), ssthresh()
+        if threshold is not None and threshold >= _NO_SSTHRESH:
+            threshold = None
+        phase = conn.cc_phase if has_phase else None
+        if not isinstance(phase, str):
+            phase = _phase(conn, window, threshold)
+        return Sample(now, window, threshold, flight(), srtt(), rto(), phase)
+    return read
+
+
 def read_sample(conn: Any, now: float) -> Sample:
     """The connection's sender state now (None for what it does not expose)."""
-    rtt = getattr(conn, "rtt", None)
-    cwnd = _number(getattr(conn, "cwnd", None))
-    ssthresh = _number(getattr(conn, "ssthresh", None))
-    if ssthresh is not None and ssthresh >= _NO_SSTHRESH:
-        ssthresh = None
-    flight = getattr(conn, "bytes_in_flight", None)
-    if flight is None:
-        flight = getattr(conn, "pipe", None)
-    srtt = getattr(conn, "srtt", None)
-    if srtt is None and rtt is not None:
-        srtt = getattr(rtt, "srtt", None)
-    rto = getattr(conn, "rto", None)
-    if rto is None and rtt is not None:
-        rto = getattr(rtt, "rto", None)
-    return Sample(now, cwnd, ssthresh, _number(flight), _number(srtt), _number(rto),
-                  _phase(conn, cwnd, ssthresh))
+    return reader(conn)(now)
 
 
 class MetricsRecorder:
     """Calls read_sample(conn, now) at most `capacity` times' worth, thinning as it goes."""
 
-    __slots__ = ("_last", "_step", "capacity", "conn", "samples")
+    __slots__ = ("_last", "_read", "_step", "capacity", "conn", "samples")
 
     def __init__(self, conn: Any, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 2:
             raise ValueError(f"capacity must be at least 2, not {capacity}")
         self.conn = conn
+        self._read = reader(conn)
         self.capacity = capacity
         self.samples: list[Sample] = []
         self._last = float("-inf")
@@ -90,7 +110,7 @@ class MetricsRecorder:
         if now - self._last < self._step:
             return
         try:
-            sample = read_sample(self.conn, now)
+            sample = self._read(now)
         except Exception:  # a half-built connection must never stop the recording
             return
         self._last = now
