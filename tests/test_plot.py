@@ -260,3 +260,20 @@ def test_flow_picks_a_connection_and_an_unknown_one_is_a_usage_error(tmp_path: P
     assert second.exit_code == 0 and "10.1.0.1:50001" in second.output
     missing = CliRunner().invoke(main, ["ladder", str(pcap), "--flow", "9999"])
     assert missing.exit_code == 2 and "no connection matches" in missing.output
+
+
+def test_ipv6_segments_are_read(tmp_path: Path) -> None:
+    def v6(src: int, dst: int, sport: int, dport: int, seq: int, ack: int, flags: int,
+           payload: bytes = b"") -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 1000, 0, 0)
+        head = struct.pack("!IHBB", 6 << 28, len(tcp) + len(payload), 6, 64)
+        return head + bytes(15) + bytes([src]) + bytes(15) + bytes([dst]) + tcp + payload
+
+    pcap = tmp_path / "v6.pcap"
+    pcap.write_bytes(_pcap([(0.0, v6(1, 2, 40000, 80, 10, 0, SYN)),
+                            (0.1, v6(2, 1, 80, 40000, 50, 11, SYN | ACK)),
+                            (0.2, v6(1, 2, 40000, 80, 11, 51, ACK | PSH, b"hello"))]))
+    result = CliRunner().invoke(main, ["ladder", str(pcap)])
+    assert result.exit_code == 0, result.output
+    assert "::1" in result.output and "::2" in result.output
+    assert "PA seq=1 ack=1 win=1000 len=5" in result.output
