@@ -127,6 +127,10 @@ def analyse(entries: Iterable[TraceEntry], direction: Direction | None = None) -
     una: int | None = None  # highest ACK
     pending: deque[tuple[int, float, int]] = deque()  # new segments: end, sent at, start
     rtx_starts: set[int] = set()
+    ref = [base, 0]  # a recent (sequence number, offset): offsets go on past 4 GB
+
+    def rel(value: int) -> int:
+        return ref[1] + _signed(value - ref[0])
     for e in items:
         seg = e.segment
         assert seg is not None
@@ -135,7 +139,7 @@ def analyse(entries: Iterable[TraceEntry], direction: Direction | None = None) -
             length = len(seg.payload) + (1 if seg.flags & FIN else 0)
             if seg.flags & SYN or not length:
                 continue
-            start = _signed(seg.seq - base)
+            start = rel(seg.seq)
             end = start + length
             mark = (t, start, end)
             if hi is not None and end <= hi:
@@ -145,6 +149,7 @@ def analyse(entries: Iterable[TraceEntry], direction: Direction | None = None) -
                 flow.data.append(mark)
                 pending.append((end, t, start))
                 hi = end
+                ref[0], ref[1] = seg.seq, start
             if e.note and ("lost" in e.note or "dropped" in e.note):
                 flow.lost.append(mark)
             if e.note and (found := _EVENT.search(e.note)):
@@ -154,7 +159,7 @@ def analyse(entries: Iterable[TraceEntry], direction: Direction | None = None) -
             continue
         if not seg.flags & ACK:
             continue
-        ack = _signed(seg.ack - base)
+        ack = rel(seg.ack)
         if una is None or ack > una:
             una = ack
             sample = None
@@ -168,7 +173,7 @@ def analyse(entries: Iterable[TraceEntry], direction: Direction | None = None) -
         window = seg.window if seg.flags & SYN else seg.window << (scale or 0)
         flow.rwnd.append((t, ack + window))
         for left, right in seg.options.sack_blocks:
-            flow.sacks.append((t, _signed(left - base), _signed(right - base)))
+            flow.sacks.append((t, rel(left), rel(right)))
         if e.note and (found := _EVENT.search(e.note)):
             flow.events.append((t, ack, found.group(1).upper()))
         if hi is not None:
