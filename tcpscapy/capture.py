@@ -254,8 +254,7 @@ def pick(conns: list[Connection], flow: str | None) -> Connection:
     if flow is None:
         return next((c for c in conns if any(s.flags & SYN for _, s in c.segments)), conns[0])
     text = flow.strip()
-    if text.isdigit() and not text.startswith("0") and int(text) <= len(conns) \
-            and ":" not in text and int(text) < 1000:
+    if text.isdigit() and 1 <= int(text) <= len(conns):  # a number in the list wins
         return conns[int(text) - 1]
     host, _, port = text.rpartition(":")
     host = host.strip("[]")
