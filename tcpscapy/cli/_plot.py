@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from tcpscapy import errors
 from tcpscapy.api import Connection
 from tcpscapy.cli._common import Output
-from tcpscapy.plot import write_plot_svg
 from tcpscapy.trace import TraceEntry
 
 
@@ -24,6 +23,8 @@ def write_plot(out: Output, conn: Connection | None, trace: Iterable[TraceEntry]
                path: str, title: str) -> bool:
     """The SVG of `trace` (the complete record) with the connection's metric samples;
     False (and a one-line error) when the file cannot be written."""
+    from tcpscapy.plot import write_plot_svg  # only when a picture is asked for
+
     samples = conn.metrics if conn is not None else None
     try:
         write_plot_svg(trace, path, samples, title=title)
