@@ -212,8 +212,9 @@ class _Panel:
     """One plot area: maps (time, value) to pixels."""
 
     def __init__(self, top: int, height: int, t0: float, span: float, y_lo: float,
-                 y_hi: float, log: bool = False) -> None:
+                 y_hi: float, log: bool = False, origin: float = 0.0) -> None:
         self.top, self.height, self.t0, self.span = top, height, t0, span
+        self.origin = origin  # what the time axis reads at t0: a zoomed view keeps its clock
         self.log = log  # a log scale: RTTs of 0.1 ms and RTOs of 1 s in one panel
         if log:
             y_lo, y_hi = math.log10(y_lo), math.log10(y_hi)
@@ -244,11 +245,11 @@ def _frame(out: list[str], p: _Panel, name: str, y_label: str, y_fmt: str,
         out.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{LEFT + WIDTH}" y2="{y}"/>')
         out.append(f'<text class="tick" x="{LEFT - 6}" y="{y + 4}" text-anchor="end">'
                    f'{escape(text)}</text>')
-    for t in _ticks(0.0, p.span, 10):
-        x = LEFT + t / p.span * (WIDTH - 1)
+    for t in _ticks(p.origin, p.origin + p.span, 10):
+        x = LEFT + (t - p.origin) / p.span * (WIDTH - 1)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{p.top}" x2="{x:.1f}" y2="{bottom}"/>')
         out.append(f'<text class="tick" x="{x:.1f}" y="{bottom + 15}" text-anchor="middle">'
-                   f'{escape(_time_label(t, p.span))}</text>')
+                   f'{escape(_time_label(t, p.origin + p.span))}</text>')
     out.append(f'<rect class="axis" x="{LEFT}" y="{p.top}" width="{WIDTH}" '
                f'height="{p.height}"/>')
     out.append(f'<text class="panel" x="{LEFT}" y="{p.top - 26}">{escape(name)}</text>')
@@ -428,7 +429,7 @@ def _series(samples: Sequence[Sample], name: str) -> list[tuple[float, float]]:
 
 
 def _cc_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
-              p_top: int, t0: float, span: float) -> None:
+              p_top: int, t0: float, span: float, origin: float) -> None:
     if samples:
         cwnd, ssthresh = _series(samples, "cwnd"), _series(samples, "ssthresh")
         flight = _series(samples, "bytes_in_flight")
@@ -438,7 +439,7 @@ def _cc_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
         name = ("Bytes in flight as the sender sees them (highest byte sent - highest ACK; "
                 "cwnd is not visible here)")
     values = [v for _, v in (*cwnd, *ssthresh, *flight)]
-    p = _Panel(p_top, CC_HEIGHT, t0, span, 0.0, max(values, default=1.0) * 1.1)
+    p = _Panel(p_top, CC_HEIGHT, t0, span, 0.0, max(values, default=1.0) * 1.1, origin=origin)
     rects, phases = _phase_rects(p, samples) if samples else ([], [])
     out.extend(rects)
     legend = [(label, COLORS[key], style) for label, key, style, series in (
@@ -455,14 +456,14 @@ def _cc_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
 
 
 def _rtt_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
-               p_top: int, t0: float, span: float) -> None:
+               p_top: int, t0: float, span: float, origin: float) -> None:
     srtt = _series(samples, "srtt") if samples else []
     rto = _series(samples, "rto") if samples else []
     values = [v for _, v in (*srtt, *rto)] or [v for _, v in flow.rtt]
     positive = [v for v in values if v > 0]
     lo = 10.0 ** math.floor(math.log10(min(positive, default=1e-4)))
     hi = 10.0 ** math.ceil(math.log10(max(positive, default=1e-3) * 1.01))
-    p = _Panel(p_top, RTT_HEIGHT, t0, span, lo, max(hi, lo * 10), log=True)
+    p = _Panel(p_top, RTT_HEIGHT, t0, span, lo, max(hi, lo * 10), log=True, origin=origin)
     if srtt or rto:
         legend = [("smoothed RTT", COLORS["srtt"], "line"), ("RTO", COLORS["rto"], "dash")]
         _frame(out, p, "Round-trip time and retransmission timeout (log scale)", "time", "ms",
@@ -486,20 +487,30 @@ def _rtt_panel(out: list[str], flow: FlowData, samples: Sequence[Sample] | None,
 
 def plot_svg(entries: Iterable[TraceEntry], samples: Sequence[Sample] | None = None, *,
              direction: Direction | None = None, title: str | None = None,
-             sides: tuple[str, str] | None = None) -> str:
+             sides: tuple[str, str] | None = None,
+             window: tuple[float | None, float | None] | None = None) -> str:
     """The SVG document: time-sequence graph, sender state, RTT.
 
     `direction` picks whose data to draw ("out": ours, "in": the peer's; default:
     the one that carried more). `samples` (a MetricsRecorder's) describe our
     sending side, so they are used only when our data is drawn. `sides` names
-    the "out" and "in" ends (e.g. ("client", "server") for a capture).
+    the "out" and "in" ends (e.g. ("client", "server") for a capture). `window`
+    = (start, end) in seconds since the first segment draws only that stretch
+    (None: from the beginning, to the end).
     """
     flow = analyse(entries, direction)
     if flow.direction != "out":
         samples = None
     times = [flow.t0, flow.t1, *(s.time for s in (samples or ()))]
-    t0 = min(times)
-    span = max(max(times) - t0, 1e-6)
+    t0 = start = min(times)
+    t1 = max(times)
+    if window is not None:
+        t0 = start + (window[0] or 0.0)
+        t1 = min(t1, start + window[1]) if window[1] is not None else t1
+        flow = _trimmed(flow, t0, t1)
+        samples = [s for s in samples or () if t0 <= s.time <= t1]
+    span = max(t1 - t0, 1e-6)
+    origin = t0 - start
     ys = [v for _, lo, hi in (*flow.data, *flow.rtx) for v in (lo, hi)]
     # the window line may run far above the data: it is cut at the top, not scaled to
     y_hi = max([*ys, *(v for _, v in flow.acks)], default=1)
@@ -513,15 +524,28 @@ def plot_svg(entries: Iterable[TraceEntry], samples: Sequence[Sample] | None = N
     if title:
         out.append(f'<text class="title" x="20" y="26">{escape(title)}</text>')
     sent = max((hi for _, _, hi in flow.data), default=0)
+    if window is not None:  # the bytes first sent within the window
+        sent -= min((lo for _, lo, _ in flow.data), default=0)
     out.append(f'<text class="note" x="20" y="46">{escape(_summary(flow, sent, span))}</text>')
-    seq = _Panel(seq_top, SEQ_HEIGHT, t0, span, min([0, *ys]), y_hi * 1.05)
+    y_lo = min(ys, default=0) if window is not None else min([0, *ys])
+    seq = _Panel(seq_top, SEQ_HEIGHT, t0, span, y_lo, y_hi * 1.05 if not window
+                 else y_hi + (y_hi - y_lo) * 0.05, origin=origin)
     _seq_panel(out, flow, seq, sides)
-    _cc_panel(out, flow, samples, cc_top, t0, span)
-    _rtt_panel(out, flow, samples, rtt_top, t0, span)
+    _cc_panel(out, flow, samples, cc_top, t0, span, origin)
+    _rtt_panel(out, flow, samples, rtt_top, t0, span, origin)
     out.append(f'<text class="note" x="{LEFT + WIDTH}" y="{height - 10}" text-anchor="end">'
                f'time since the first segment</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _trimmed(flow: FlowData, t0: float, t1: float) -> FlowData:
+    """The flow between t0 and t1 only."""
+    def keep(items: list) -> list:  # type: ignore[type-arg]
+        return [item for item in items if t0 <= item[0] <= t1]
+    return FlowData(flow.direction, t0, t1, keep(flow.data), keep(flow.rtx), keep(flow.lost),
+                    keep(flow.acks), keep(flow.rwnd), keep(flow.sacks), keep(flow.events),
+                    keep(flow.flight), keep(flow.rtt), flow.window_scale_known)
 
 
 def _summary(flow: FlowData, sent: int, span: float) -> str:
@@ -538,6 +562,7 @@ def _summary(flow: FlowData, sent: int, span: float) -> str:
 def write_plot_svg(entries: Iterable[TraceEntry], path: str | PathLike[str],
                    samples: Sequence[Sample] | None = None, *,
                    direction: Direction | None = None, title: str | None = None,
-                   sides: tuple[str, str] | None = None) -> None:
+                   sides: tuple[str, str] | None = None,
+                   window: tuple[float | None, float | None] | None = None) -> None:
     Path(path).write_text(plot_svg(entries, samples, direction=direction, title=title,
-                                   sides=sides), encoding="utf-8")
+                                   sides=sides, window=window), encoding="utf-8")

@@ -277,3 +277,19 @@ def test_ipv6_segments_are_read(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "::1" in result.output and "::2" in result.output
     assert "PA seq=1 ack=1 win=1000 len=5" in result.output
+
+
+def test_start_and_end_zoom_into_a_stretch_of_the_capture(tmp_path: Path) -> None:
+    pcap = tmp_path / "zoom.pcap"
+    pcap.write_bytes(synthetic_transfer(2000, rtx_every=100))  # a segment each 20 µs
+    whole, part = tmp_path / "whole.svg", tmp_path / "part.svg"
+    assert CliRunner().invoke(main, ["plot", str(pcap), "-o", str(whole)]).exit_code == 0
+    result = CliRunner().invoke(main, ["plot", str(pcap), "-o", str(part), "--start", "0.01",
+                                       "--end", "0.0215"])
+    assert result.exit_code == 0, result.output
+    assert "retransmission (20)" in whole.read_text()
+    text = part.read_text()
+    assert "retransmission (6)" in text  # of segments 399, 499, … 899 (sent at 10…20 ms)
+    assert ">10 ms<" in text and ">20 ms<" in text and ">0 ms<" not in text  # its own clock
+    bad = CliRunner().invoke(main, ["plot", str(pcap), "--start", "2", "--end", "1"])
+    assert bad.exit_code == 2 and len(bad.output.splitlines()) == 1

@@ -55,9 +55,13 @@ def _title(conn: Connection, capture: str) -> str:
 @click.option("--flow", metavar="N|PORT|HOST:PORT", help=_FLOW_HELP)
 @click.option("--direction", type=click.Choice(["client", "server"]),
               help="Whose data to draw (default: the side that sent more).")
+@click.option("--start", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Draw from SECONDS after the connection's first segment.")
+@click.option("--end", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Draw up to SECONDS after the connection's first segment.")
 @click.option("--list", "listing", is_flag=True, help="List the capture's connections.")
 def plot(capture: str, out_path: str | None, flow: str | None, direction: str | None,
-         listing: bool) -> None:
+         start: float | None, end: float | None, listing: bool) -> None:
     """Draw one connection of a capture: time-sequence graph (data, ACK line, window,
     SACK blocks, retransmissions), bytes in flight as the sender sees them, RTT samples.
 
@@ -66,15 +70,19 @@ def plot(capture: str, out_path: str | None, flow: str | None, direction: str | 
       tcpscapy plot cap.pcap -o transfer.svg
       tcpscapy plot cap.pcap --list
       tcpscapy plot cap.pcap --flow 2 --direction client
+      tcpscapy plot cap.pcap --start 1.5 --end 2      (a zoom, in seconds)
     """
     from tcpscapy.plot import write_plot_svg
 
+    if start is not None and end is not None and end <= start:
+        _fail("plot", f"--end {end:g} is not after --start {start:g} (see --help)")
     conn = _connection("plot", capture, flow, listing)
     path = Path(out_path) if out_path else Path(capture).with_suffix(".svg")
     way = None if direction is None else "out" if direction == "client" else "in"
     try:
         write_plot_svg(connection_trace(conn, states=False), path, direction=way,
-                       title=_title(conn, capture), sides=("client", "server"))
+                       title=_title(conn, capture), sides=("client", "server"),
+                       window=None if start is None and end is None else (start, end))
     except OSError as exc:
         _fail("plot", f"cannot write {path}: {exc.strerror or exc}", 1)
     click.echo(f"wrote {path} ({conn.name}, {len(conn.segments)} segments)", err=True)
