@@ -38,6 +38,7 @@ from tcpscapy.cli._common import (
     unescape,
     wait_or_signal,
 )
+from tcpscapy.cli._plot import check_plot_path, write_plot
 from tcpscapy.cli._streams import reopen_closed
 from tcpscapy.svg import MAX_ROWS, write_ladder_svg
 from tcpscapy.trace import fast_open_lines
@@ -220,13 +221,16 @@ class _ConnectCommand(Command):
                    "its middle, marked: see --ladder-svg-full).")
 @click.option("--ladder-svg-full", "svg_full", is_flag=True,
               help="Every row in the --ladder-svg picture, however tall.")
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write a time-sequence graph, cwnd and RTT as an SVG picture to FILE at exit.")
 def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bool,
             no_lab_check: bool, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
             rto: float | None, user_timeout: float | None, keepalive: float | None,
             sport: int | None, iface: str | None, timeout: float | None,
             pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
-            tfo_cache: str | None, svg_path: str | None, svg_full: bool) -> None:
+            tfo_cache: str | None, svg_path: str | None, svg_full: bool,
+            plot_path: str | None) -> None:
     """Connect to HOST:PORT or HOST PORT (a name or IPv4 address; PORT a number or a
     service name such as http) on tcpscapy's own TCP engine.
 
@@ -259,6 +263,8 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
             raise errors.UsageError("--ladder-svg-full needs --ladder-svg")
         if svg_path:
             _check_svg(svg_path)
+        if plot_path:
+            check_plot_path(plot_path)
         if not no_lab_check:
             _check_lab(host, port)
         require_net_admin()
@@ -270,7 +276,7 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
         early, stdin_eof = (data, True) if data is not None else _stdin_now(STDIN_GRACE)
         options.update(tfo=True, data=early, tfo_cache=tfo_cache)
         data = b"" if stdin_eof else None  # what the send side still has to copy
-    printer = LivePrinter(out, keep_all=bool(pcap_path or svg_path),
+    printer = LivePrinter(out, keep_all=bool(pcap_path or svg_path or plot_path),
                           time_offset=time.time() - time.monotonic())
     options["lab_check"] = False  # checked above, before anything else happened
     client = Client(host, port, options, data, printer, timeout, no_fin=no_fin)
@@ -286,6 +292,8 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
         _report_fast_open(out, conn)
     if svg_path and printer.all is not None:
         _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}", full=svg_full)
+    if plot_path and printer.all is not None:
+        write_plot(out, conn, printer.all, plot_path, f"tcpscapy connect {host}:{port}")
     if style == "json":
         out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
                  state=str(conn.state) if conn else None,
