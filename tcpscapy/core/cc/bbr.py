@@ -83,6 +83,8 @@ class Bbr(CongestionControl):
         return int(gain * self.btl_bw * self.rtprop)
 
     def pacing_rate(self) -> float | None:
+        if self._initial_rate is None and self.full_bw_rounds < FULL_BW_ROUNDS:
+            return None  # no RTT sample yet (e.g. only retransmissions were acked): unpaced
         rate = self.pacing_gain * self.btl_bw
         if self._initial_rate is not None and self.full_bw_rounds < FULL_BW_ROUNDS:
             # Until the pipe is full the rate never falls (as Linux): an early, small
