@@ -152,12 +152,16 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
         if name == "retries":
             field = "synack_retries" if listening else "syn_retries"
             changes[field] = _int_in(0, 100)(name, value)
+        elif name == "nodelay":  # TCP_NODELAY's spelling of nagle=False
+            if "nagle" in options and bool(options["nagle"]) == bool(value):
+                raise errors.BadOption("options nagle and nodelay contradict each other")
+            changes["nagle"] = not _flag(name, value)
         elif name in _CONFIG_OPTIONS or (listening and name in _LISTEN_OPTIONS):
             field, check = _CONFIG_OPTIONS.get(name) or _LISTEN_OPTIONS[name]
             changes[field] = check(name, value)
         else:
             extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
-            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config"]))
+            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config", "nodelay"]))
             raise errors.BadOption(f"unknown option {name!r} (known: {known})")
     config = base or default
     # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
@@ -498,8 +502,9 @@ def connect(host: str, port: int, *, timeout: float | None = None,
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
     send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
-    nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
-    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
+    nagle, nodelay (= not nagle, as TCP_NODELAY), delayed_ack, keepalive (seconds or
+    True), keepalive_interval, keepalive_probes, user_timeout, msl, initial_window,
+    sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
 
     `data` is queued at once, behind the SYN. With `tfo=True` (TCP Fast Open,

@@ -189,8 +189,11 @@ def _respond(conn: Stream, base: Path, request: Request) -> tuple[int, bool]:
         with path.open("rb") as f:
             size = path.stat().st_size
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            conn.sendall(_head(200, {"Content-Type": kind, "Content-Length": str(size)},
-                               keep_alive=keep, version=request.version))
+            head = _head(200, {"Content-Type": kind, "Content-Length": str(size)},
+                         keep_alive=keep, version=request.version)
+            # Headers and the first chunk in one send: apart, Nagle holds the body
+            # back until the client (delaying its ACK) acknowledges the headers.
+            conn.sendall(head + (b"" if head_only else f.read(FILE_CHUNK)))
             if not head_only:
                 while chunk := f.read(FILE_CHUNK):
                     conn.sendall(chunk)

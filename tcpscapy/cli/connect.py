@@ -190,7 +190,7 @@ def _stdin_now(grace: float) -> tuple[bytes, bool]:
               help="Write the ladder as an SVG picture to FILE at exit.")
 def connect(target: str, send_text: str | None, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
-            rto: float | None, user_timeout: float | None, keepalive: float | None,
+            rto: float | None, user_timeout: float | None, keepalive: float | None, nodelay: bool,
             sport: int | None, iface: str | None, timeout: float | None,
             pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
             tfo_cache: str | None, svg_path: str | None) -> None:
@@ -210,7 +210,8 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
         data = unescape(send_text) if send_text is not None else None
         options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
                                  no_timestamps=no_timestamps, window=window, retries=retries,
-                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive)
+                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive,
+                                 nodelay=nodelay)
         options.update({k: v for k, v in (("sport", sport), ("iface", iface)) if v})
         if tfo_cache is not None and not tfo:
             raise errors.UsageError("--tfo-cache needs --tfo")

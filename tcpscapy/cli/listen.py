@@ -391,7 +391,7 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            http_dir: str | None, backlog: int, max_conns: int | None, once: bool,
            mss: int | None, wscale: str | None, no_sack: bool, no_timestamps: bool,
            window: int | None, retries: int | None, rto: float | None,
-           user_timeout: float | None, keepalive: float | None, syncookies: str,
+           user_timeout: float | None, keepalive: float | None, nodelay: bool, syncookies: str,
            tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
            verbose: bool, absolute: bool, worker_count: int) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
@@ -402,7 +402,8 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
         host, port = parse_address(target, host_optional=True)
         options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
                                  no_timestamps=no_timestamps, window=window, retries=retries,
-                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive)
+                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive,
+                                 nodelay=nodelay)
         options.update(syncookies=syncookies, tfo=tfo)
         if worker_count > 1 and once:
             raise errors.UsageError("--once serves one connection: it takes no --workers")
