@@ -351,6 +351,29 @@ class Connection:
     def driver(self) -> Driver:
         return self._driver
 
+    # Readiness, for an event loop that waits in driver.wait() (driver lock held) and
+    # calls recv()/send() only when they would not block.
+
+    @property
+    def readable(self) -> bool:
+        """recv() would not block: bytes are waiting, or the peer closed, or we are done."""
+        ep = self._ep
+        return bool(ep.rx) or ep.eof or ep.closed or ep.app_closed
+
+    @property
+    def send_space(self) -> int:
+        """Bytes send() would queue without blocking; -1 once sending can only fail."""
+        ep = self._ep
+        if ep.closed or ep.app_closed:
+            return -1
+        return ep.conn.send_space
+
+    @property
+    def finished(self) -> bool:
+        """The engine is done with it (CLOSED or TIME-WAIT): what wait_closed() waits for."""
+        ep = self._ep
+        return ep.closed or ep.conn.state in _DONE
+
     def _name(self) -> str:
         (lip, lport), (rip, rport) = self.local, self.remote
         return f"{lip}:{lport} -> {rip}:{rport}"
@@ -475,10 +498,10 @@ class Connection:
         Call it after close() to see the FIN exchange finish; False on timeout.
         """
         deadline = _deadline(timeout, "wait_closed")
-        drv, ep = self._driver, self._ep
+        drv = self._driver
         with drv.lock:
             try:
-                return drv.wait(lambda: ep.closed or ep.conn.state in _DONE, deadline)
+                return drv.wait(lambda: self.finished, deadline)
             except DriverClosed:
                 return True  # the driver closed every connection on its way out
 
@@ -634,6 +657,15 @@ class Listener:
     def engine(self) -> Any:
         """The core Listener (counters such as syns_received)."""
         return self._ls.listener
+
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
+    @property
+    def acceptable(self) -> bool:
+        """accept() would not block: a connection is ready, or the listener is closed."""
+        return self._ls.closed or self._ls.listener.ready > 0
 
     def accept(self, timeout: float | None = None, *,
                on_record: OnRecord | None = None) -> Connection:

@@ -264,7 +264,6 @@ class RstGuard:
             self._bind_queue()
             atexit.register(self._stop_at_exit)
             try:
-                self._install()
                 for port in self._table.ports:
                     self._add_rule(port)
             except BaseException:
@@ -399,20 +398,24 @@ class RstGuard:
         assert self._backend is not None and self._queue_num is not None
         name = ipset.set_name(self._pid, self._queue_num)
         try:
-            self._sets = ipset.PortSet()
+            if self._sets is None:
+                self._sets = ipset.PortSet()
+            self._set_name = name  # from here on, stop() destroys it
             self._sets.create(name)
         except ipset.IpsetError as err:
             raise GuardError(err.strerror or str(err)) from None
-        self._set_name = name
         spec = iptables.set_rule_spec(name, self.mark, self._queue_num, self._pid)
         iptables.insert_rule(self._backend, spec)
         self._rule = spec
 
     def _add_rule(self, port: int) -> None:
-        if self._sets is None or self._set_name is None or port in self._members:
+        if self._backend is None or self._queue_num is None or port in self._members:
             return  # not started: start() adds the owned ports
         if port in self.shared_ports:
             return  # the group's balanced rule queues them to us
+        if self._rule is None:
+            self._install()  # at the first port of our own: a worker may never need one
+        assert self._sets is not None and self._set_name is not None
         try:
             self._sets.add(self._set_name, port)
         except ipset.IpsetError as err:

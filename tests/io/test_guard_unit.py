@@ -256,7 +256,10 @@ class FakeSets:
 
 
 def started_on(guard: RstGuard, sets: FakeSets) -> RstGuard:
+    """As start() leaves a guard whose rule is in: only the set changes from here on."""
+    guard._backend, guard._queue_num = iptables.Backend("nft", "/bin/false"), 10001
     guard._sets, guard._set_name = sets, "tcpscapy-1-10001"  # type: ignore[assignment]
+    guard._rule = ["(installed)"]
     return guard
 
 
@@ -441,3 +444,23 @@ def test_signal_mid_operation_waits_for_it() -> None:
         finished.append("rest of the operation")  # the handler must not cut in here
         assert guard.stops == 0
     assert finished and guard.stops == 1
+
+
+def test_rule_and_set_come_with_the_first_port_of_our_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that only serves the group's shared port never installs a rule (a
+    SIGKILLed worker then leaves nothing behind)."""
+    guard = RstGuard(queue_num=10001, shared_ports={8080})
+    guard._backend, guard._queue_num = iptables.Backend("nft", "/bin/false"), 10001
+    installs: list[int] = []
+
+    def install() -> None:
+        installs.append(1)
+        started_on(guard, FakeSets())
+
+    monkeypatch.setattr(guard, "_install", install)
+    guard.own_port("0.0.0.0", 8080)
+    assert installs == []
+    guard.own(LOCAL, 9090, REMOTE, 1)
+    guard.own(LOCAL, 9091, REMOTE, 1)
+    assert installs == [1] and guard.ports == [9090, 9091]
