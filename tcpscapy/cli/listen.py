@@ -29,9 +29,9 @@ import tcpscapy
 from tcpscapy import errors
 from tcpscapy.api import Listener, _translate, resolve
 from tcpscapy.cli._common import (
-    EXIT_CODES_HELP,
     Command,
     Output,
+    Style,
     check_writable,
     engine_option_flags,
     engine_options,
@@ -47,6 +47,17 @@ from tcpscapy.io import workers
 
 STOP_WAIT = 30.0  # seconds stopped workers get to finish before they are killed
 
+# Only the codes listen can give: nothing it does connects, routes or times out a peer.
+EXIT_CODES = """\b
+Exit codes:
+  0  success (--once served its connection)
+  1  other error (or a worker died)
+  2  bad usage (also HOST not an address of this host)
+  4  needs root
+  7  unknown host (HOST)
+  9  address in use
+  130/143  stopped by SIGINT/SIGTERM"""
+
 _EPILOG = f"""\b
 Examples:
   tcpscapy listen 7                        echo on every local address
@@ -57,7 +68,8 @@ Examples:
 
 \b
 One line per connection on stderr: peer, bytes in/out, duration, how it
-ended (-v adds the connection's ladder; --json writes JSON objects instead).
+ended (-v adds the connection's ladder; --json writes JSON objects instead;
+-q prints errors only).
 SIGINT (Ctrl-C) or SIGTERM stops listening, resets the open connections (RST),
 prints the listener's counters and exits with 130 or 143.
 
@@ -68,7 +80,7 @@ up the workers' counters and says how many connections each served. If a
 worker dies, the others are stopped too (its flows would move to workers
 that do not know them) and listen exits with 1 or the worker's error code.
 
-{EXIT_CODES_HELP}"""
+{EXIT_CODES}"""
 
 
 def print_summary(out: Output, report: dict[str, Any], *,
@@ -151,6 +163,8 @@ def _service(echo_flag: bool, discard_flag: bool, file: str | None,
 @click.option("--json", "as_json", is_flag=True, help="JSON objects on stderr instead of text.")
 @click.option("-v", "--verbose", is_flag=True, help="Each connection's ladder (or its JSON "
               "entries) before its summary line.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-connection lines and no summary; "
+              "errors only.")
 @click.option("--absolute", is_flag=True, help="Absolute seq/ack in the ladder.")
 @click.option("--workers", "worker_count", type=click.IntRange(1, workers.MAX_WORKERS), default=1,
               show_default=True, metavar="N",
@@ -164,11 +178,14 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            window: int | None, retries: int | None, rto: float | None,
            user_timeout: float | None, keepalive: float | None, nodelay: bool, syncookies: str,
            tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
-           verbose: bool, absolute: bool, worker_count: int) -> None:
+           verbose: bool, quiet: bool, absolute: bool, worker_count: int) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
     tcpscapy's own TCP engine, serving many clients at once. Needs root."""
-    out = Output("listen", style="json" if as_json else "ladder", relative=not absolute)
+    style: Style = "json" if as_json else "quiet" if quiet else "ladder"
+    out = Output("listen", style=style, relative=not absolute)
     try:
+        if quiet and (as_json or verbose):
+            raise errors.UsageError(f"-q and {'--json' if as_json else '-v'} exclude each other")
         mode, service = _service(echo_flag, discard_flag, file, http_dir)
         host, port = parse_address(target, host_optional=True)
         options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
