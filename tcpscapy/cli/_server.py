@@ -17,6 +17,7 @@ their reports; the summary is taken once the reporter has written them all.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 import time
@@ -276,14 +277,26 @@ class Server:
     # -- the reporter thread -------------------------------------------------------------
 
     def _report_loop(self) -> None:
-        while (report := self._reports.get()) is not None:
-            try:
-                with self.out.lock:
-                    self._write_report(report)
-            except Exception as exc:  # a report must not stop the others
-                self.out.error(f"report failed: {exc}", 1)
+        """Write reports as they come; whatever queued up meanwhile goes in one write."""
+        ending = False
+        while not ending:
+            batch = [self._reports.get()]
+            while not self._reports.empty():
+                batch.append(self._reports.get_nowait())
+            lines: list[str] = []
+            for report in batch:
+                if report is None:
+                    ending = True
+                    continue
+                try:
+                    lines += self._report_lines(report)
+                except Exception as exc:  # a report must not stop the others
+                    lines.append(f"tcpscapy listen: report failed: {exc}")
+            with self.out.lock:
+                self.out.lines(lines)
 
-    def _write_report(self, report: _Report) -> None:
+    def _report_lines(self, report: _Report) -> list[str]:
+        """A connection's lines (and its pcap packets and SVG); adds it to the totals."""
         s, failure = report.session, report.failure
         conn = s.conn
         duration = report.ended_at - s.started
@@ -298,27 +311,32 @@ class Server:
             ended = conn.close_reason or "closed"
         else:
             ended = f"{conn.state}: the FIN exchange did not finish in {CLOSE_TIMEOUT:g} s"
-        self.totals.connections += 1
-        self.totals.bytes_in += s.bytes_in
-        self.totals.bytes_out += s.bytes_out
+        with self.out.lock:  # report() reads the totals under it
+            self.totals.connections += 1
+            self.totals.bytes_in += s.bytes_in
+            self.totals.bytes_out += s.bytes_out
         trace = s.recorder.snapshot() if s.recorder is not None else None
         out = self.out
+        lines: list[str] = []
         if out.style == "json":
             if self.verbose and trace is not None:
-                out.lines(entry_json(e, trace.time_offset, conn=peer) for e in trace)
-            out.json(type="connection", peer=peer, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                     duration=round(duration, 6), state=str(conn.state), ended=ended)
+                lines += [entry_json(e, trace.time_offset, conn=peer) for e in trace]
+            lines.append(json.dumps({"type": "connection", "peer": peer, "bytes_in": s.bytes_in,
+                                     "bytes_out": s.bytes_out, "duration": round(duration, 6),
+                                     "state": str(conn.state), "ended": ended},
+                                    separators=(",", ":")))
         elif out.style == "ladder":
             if self.verbose and trace is not None:
-                out.line(ladder(trace, relative=out.relative, width=out.width,
-                                color=out.color, ascii_only=out.ascii_only))
-            out.line(f"{peer}  in {s.bytes_in} B  out {s.bytes_out} B  "
-                     f"{duration:.3f} s  {ended}")
+                lines.append(ladder(trace, relative=out.relative, width=out.width,
+                                    color=out.color, ascii_only=out.ascii_only))
+            lines.append(f"{peer}  in {s.bytes_in} B  out {s.bytes_out} B  "
+                         f"{duration:.3f} s  {ended}")
         if trace is not None and self.pcap is not None:
             self.pcap.write(list(trace.to_scapy()))
             self.pcap.flush()
         if trace is not None and self.svg is not None:
             self._write_svg(trace, conn)
+        return lines
 
     def _write_svg(self, trace: Trace, conn: Connection) -> None:
         """The connection's ladder as SVG: FILE itself with --once, else FILE named
