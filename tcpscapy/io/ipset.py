@@ -6,7 +6,7 @@ owning a port is then adding a member to the set: one netlink message and its AC
 covers 0-65535 in an 8 KB bitmap, so add, delete and the rule's lookup are O(1).
 
 Only the few ipset commands the guard needs are spoken here (create, flush, add,
-delete, destroy, list names), in the kernel's ipset protocol (nfnetlink subsystem
+delete, destroy, list names and members), in the kernel's ipset protocol (nfnetlink subsystem
 6, ``include/uapi/linux/netfilter/ipset/ip_set.h``). A netlink socket belongs to the
 network namespace it was opened in, like the sets it sees.
 """
@@ -28,7 +28,8 @@ PROTOCOL = 6  # IPSET_PROTOCOL_MIN: every kernel since 2013 speaks it
 # commands
 _CREATE, _DESTROY, _FLUSH, _LIST, _ADD, _DEL = 2, 3, 4, 7, 9, 10
 # attributes: command level, then inside IPSET_ATTR_DATA
-_A_PROTOCOL, _A_SETNAME, _A_TYPENAME, _A_REVISION, _A_FAMILY, _A_FLAGS, _A_DATA = range(1, 8)
+_A_PROTOCOL, _A_SETNAME, _A_TYPENAME, _A_REVISION, _A_FAMILY, _A_FLAGS, _A_DATA, _A_ADT = (
+    range(1, 9))
 _D_PORT, _D_PORT_TO = 4, 5
 _FLAG_LIST_SETNAME = 1 << 1
 
@@ -172,6 +173,22 @@ class PortSet:
                 if kind == _A_SETNAME:
                     found.append(value.rstrip(b"\0").decode(errors="replace"))
         return found
+
+    def members(self, name: str) -> list[int]:
+        """The ports in set ``name`` (a ``bitmap:port`` set)."""
+        found = []
+        for payload in self._exchange(_LIST, _name_attr(name), _NLM_F_DUMP,
+                                      what=f"list {name}"):
+            for kind, adt in _attrs(payload, _NFGEN.size):
+                if kind != _A_ADT:
+                    continue
+                for entry_kind, entry in _attrs(adt, 0):
+                    if entry_kind != _A_DATA:
+                        continue
+                    for data_kind, value in _attrs(entry, 0):
+                        if data_kind == _D_PORT and len(value) >= 2:
+                            found.append(struct.unpack_from("!H", value)[0])
+        return sorted(found)
 
     # -- netlink -------------------------------------------------------------------------
 

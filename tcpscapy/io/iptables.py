@@ -88,10 +88,12 @@ class GuardSet:
     name: str
     pid: int
     alive: bool
+    ports: tuple[int, ...] = ()  # its members: the source ports the owner's rule matches
 
     def describe(self) -> str:
         state = "alive" if self.alive else "stale"
-        return f"ipset  pid={self.pid} ({state}) set={self.name}"
+        ports = ",".join(map(str, self.ports)) or "none"
+        return f"ipset  pid={self.pid} ({state}) set={self.name} sport={ports}"
 
 
 def has_net_admin() -> bool:
@@ -380,9 +382,8 @@ def list_sets() -> list[GuardSet]:
     """Every tcpscapy ipset in this network namespace."""
     require_root()
     with _port_sets() as sets:
-        names = sets.names()
-    return [GuardSet(name, pid, pid_alive(pid)) for name in names
-            if (pid := ipset.owner_pid(name)) is not None]
+        return [GuardSet(name, pid, pid_alive(pid), tuple(sets.members(name)))
+                for name in sets.names() if (pid := ipset.owner_pid(name)) is not None]
 
 
 def cleanup(*, everything: bool = False) -> list[GuardRule]:
