@@ -21,7 +21,9 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +45,7 @@ from tcpscapy.io.driver import (
     default_driver,
 )
 from tcpscapy.io.tfo_cache import TfoCache
+from tcpscapy.metrics import MetricsRecorder, Sample
 from tcpscapy.trace import Direction, Side, Trace, TraceEntry
 
 __all__ = ["Connection", "Listener", "OnRecord", "connect", "listen", "resolve"]
@@ -296,6 +299,11 @@ def _hook_trace(ep: Endpoint, hook: OnRecord | None, maxlen: int | None) -> None
         ep.trace = _HookedTrace(ep.trace, hook, maxlen)
 
 
+def _record_metrics(ep: Endpoint) -> None:
+    """Sample the connection's cwnd, RTT, … as its trace records segments, for plot()."""
+    ep.trace.sampler = MetricsRecorder(ep.conn)
+
+
 def _with_trace(exc: errors.TcpscapyError, ep: Endpoint) -> errors.TcpscapyError:
     """Let a failed connect's exception carry the connection's trace (`exc.trace`)."""
     exc.trace = ep.trace  # type: ignore[attr-defined]
@@ -346,6 +354,30 @@ class Connection:
     @property
     def close_reason(self) -> str:
         return self._ep.conn.close_reason
+
+    @property
+    def metrics(self) -> list[Sample]:
+        """Samples of the sender's state (cwnd, ssthresh, bytes in flight, RTT, RTO, CC
+        phase) taken as segments went by, thinned to a bounded number; see plot()."""
+        sampler = self._ep.trace.sampler
+        with self._driver.lock:
+            return list(sampler.samples) if isinstance(sampler, MetricsRecorder) else []
+
+    def plot(self, path: str | PathLike[str], *, trace: Iterable[TraceEntry] | None = None,
+             direction: Direction | None = None, title: str | None = None) -> Path:
+        """Write an SVG picture of the transfer so far (time-sequence graph, cwnd,
+        ssthresh, bytes in flight, RTT and RTO; see tcpscapy.plot); returns the path.
+        `trace` replaces the connection's own (which keeps the newest trace_limit
+        entries), e.g. a complete record kept by an on_record hook."""
+        from tcpscapy.plot import write_plot_svg
+
+        if trace is None:
+            with self._driver.lock:
+                trace = list(self._ep.trace)
+        out = Path(path)
+        write_plot_svg(trace, out, self.metrics, direction=direction,
+                       title=title or f"tcpscapy {self._name()}")
+        return out
 
     @property
     def driver(self) -> Driver:
@@ -573,6 +605,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     conn = Connection(drv, ep)
     with drv.lock:
         _hook_trace(ep, on_record, trace_limit)
+        _record_metrics(ep)
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:
@@ -681,6 +714,7 @@ class Listener:
                 ep = drv.accept(ls)
                 if ep is not None:
                     _hook_trace(ep, on_record, ls.trace_limit)
+                    _record_metrics(ep)
                     return Connection(drv, ep)
                 if ls.closed:
                     raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")

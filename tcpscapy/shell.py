@@ -265,6 +265,15 @@ class ShellConnection:
         write_ladder_svg(self.records, path, relative=not absolute, title=title)
         return path
 
+    def plot(self, path: str | Path = "plot.svg", *, title: str | None = None) -> Path:
+        """Write the transfer as an SVG picture: time-sequence graph (data, ACK line,
+        window, SACK, retransmissions), cwnd/ssthresh/bytes in flight with the CC's
+        phases, RTT and RTO. Open it in a browser; returns the path."""
+        if title is None:
+            (lip, lport), (rip, rport) = self.local, self.remote
+            title = f"{lip}:{lport} \N{LEFT RIGHT ARROW} {rip}:{rport}"
+        return self.conn.plot(path, trace=self.records, title=title)
+
     def wrpcap(self, path: str | Path) -> Path:
         """Write the segments to a pcap file (same as wrpcap(path, c.trace))."""
         from scapy.utils import wrpcap
@@ -538,5 +547,6 @@ tcpscapy {version}: Scapy with a user-space TCP you can steer (connections need 
   c = connect("10.77.0.2:7")                     c.send("hi"), c.recv(), c.close(), c.state
   c.inject(TCP(flags="PA")/"x")                  seq, ack, ports filled in; raw=True: as crafted
   c.ladder(), c.ladder_svg("c.svg")              the ladder as text, as an SVG picture
+  c.plot("c.svg")                                time-sequence graph, cwnd, RTT as SVG
   c.trace.summary(), wrpcap("c.pcap", c.trace)   the segments as a Scapy PacketList
   lab_down() when done; help(connect), help(ShellConnection) for more"""

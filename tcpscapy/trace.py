@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from os import PathLike
@@ -260,7 +260,7 @@ class Trace:
     # else all chunks kept, oldest first, _rows last; a roll replaces it whole and
     # chunks only grow at the end, so a reader on another thread sees a consistent
     # record. _cap: slots at which _rows rolls over; _keep: slots shown (None: all).
-    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "time_offset")
+    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "sampler", "time_offset")
 
     def __init__(self, entries: Iterable[TraceEntry] = (), *, maxlen: int | None = None,
                  time_offset: float = 0.0) -> None:
@@ -268,6 +268,8 @@ class Trace:
         self._chunks: tuple[list[Any], ...] | None = None
         self._keep, self._cap = _LIMITS.get(maxlen) or _limits(maxlen)
         self.time_offset = time_offset
+        # Called with `now` after each segment or state change (tcpscapy.metrics), or None.
+        self.sampler: Callable[[float], None] | None = None
         for entry in entries:
             self.append(entry)
 
@@ -290,6 +292,8 @@ class Trace:
             raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
         if len(rows) >= self._cap:
             self._roll()
+        if self.sampler is not None:
+            self.sampler(now)
 
     def record_state(self, now: float, old: State, new: State, side: Side = "local",
                      note: str = "") -> None:
@@ -305,6 +309,8 @@ class Trace:
             self._roll()
         elif new is _ESTABLISHED and side == "local":
             _pack_recent(rows)  # the handshake, which an idle connection keeps for good
+        if self.sampler is not None:
+            self.sampler(now)
 
     def append(self, entry: TraceEntry) -> None:
         direction, seg, change, note = (entry.direction, entry.segment, entry.state_change,

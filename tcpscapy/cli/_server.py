@@ -30,6 +30,7 @@ from tcpscapy import errors
 from tcpscapy.api import Connection, Listener
 from tcpscapy.cli import _http
 from tcpscapy.cli._common import Output, Recorder, entry_json, start_worker
+from tcpscapy.cli._plot import write_plot
 from tcpscapy.cli._steps import Op, Recv, Steps, recv, sendall
 from tcpscapy.core.state import State
 from tcpscapy.io.driver import TRACE_LIMIT
@@ -126,6 +127,7 @@ class Server:
         self.max_conns = max_conns
         self.pcap = pcap  # a scapy PcapWriter, or None
         self.svg = svg  # --ladder-svg FILE
+        self.plot_path: str | None = None  # --plot FILE
         self.done = threading.Event()  # the loop ended by itself (--once, an error)
         self.error: BaseException | None = None
         self.totals = Totals()
@@ -185,8 +187,9 @@ class Server:
     def _accept_ready(self) -> None:
         while self._may_accept() and self.listener.acceptable:
             recorder = None
-            if self.verbose or self.pcap is not None or self.svg is not None:
-                recorder = Recorder(maxlen=None if self.pcap is not None else TRACE_LIMIT)
+            if self.verbose or self.pcap is not None or self.svg or self.plot_path:
+                whole = self.pcap is not None or self.plot_path is not None
+                recorder = Recorder(maxlen=None if whole else TRACE_LIMIT)
             try:
                 conn = self.listener.accept(0, on_record=recorder.record if recorder else None)
             except (errors.ConnectionClosed, errors.TimedOut):
@@ -336,6 +339,11 @@ class Server:
             self.pcap.flush()
         if trace is not None and self.svg is not None:
             self._write_svg(trace, conn)
+        if trace is not None and self.plot_path is not None:
+            (lip, lport), (rip, rport) = conn.local, conn.remote
+            write_plot(self.out, conn, trace,
+                       self.plot_path if self.once else svg_path_for(self.plot_path, conn.remote),
+                       f"tcpscapy listen {lip}:{lport} \N{EM DASH} client {rip}:{rport}")
         return lines
 
     def _write_svg(self, trace: Trace, conn: Connection) -> None:

@@ -36,6 +36,7 @@ from tcpscapy.cli._common import (
     unescape,
     wait_or_signal,
 )
+from tcpscapy.cli._plot import check_plot_path, write_plot
 from tcpscapy.svg import write_ladder_svg
 from tcpscapy.trace import fast_open_lines
 
@@ -188,12 +189,14 @@ def _stdin_now(grace: float) -> tuple[bytes, bool]:
               help="Fast Open cookie cache (default $XDG_CACHE_HOME/tcpscapy/tfo.json).")
 @click.option("--ladder-svg", "svg_path", metavar="FILE",
               help="Write the ladder as an SVG picture to FILE at exit.")
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write a time-sequence graph, cwnd and RTT as an SVG picture to FILE at exit.")
 def connect(target: str, send_text: str | None, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
             rto: float | None, user_timeout: float | None, keepalive: float | None, nodelay: bool,
             sport: int | None, iface: str | None, timeout: float | None,
             pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
-            tfo_cache: str | None, svg_path: str | None) -> None:
+            tfo_cache: str | None, svg_path: str | None, plot_path: str | None) -> None:
     """Connect to HOST:PORT (a name or IPv4 address) on tcpscapy's own TCP engine.
 
     Like netcat: stdin goes to the peer, the peer's bytes go to stdout; EOF on
@@ -219,6 +222,8 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
             check_writable(pcap_path)
         if svg_path:
             _check_svg(svg_path)
+        if plot_path:
+            check_plot_path(plot_path)
         require_net_admin()
     except errors.TcpscapyError as exc:
         out.error(str(exc), exc.exit_code)
@@ -228,7 +233,7 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
         early, stdin_eof = (data, True) if data is not None else _stdin_now(STDIN_GRACE)
         options.update(tfo=True, data=early, tfo_cache=tfo_cache)
         data = b"" if stdin_eof else None  # what the send side still has to copy
-    printer = LivePrinter(out, keep_all=bool(pcap_path or svg_path),
+    printer = LivePrinter(out, keep_all=bool(pcap_path or svg_path or plot_path),
                           time_offset=time.time() - time.monotonic())
     client = Client(host, port, options, data, printer, timeout)
     start_worker(client.run, "tcpscapy-connect")
@@ -243,6 +248,8 @@ def connect(target: str, send_text: str | None, mss: int | None, wscale: str | N
         _report_fast_open(out, conn)
     if svg_path and printer.all is not None:
         _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}")
+    if plot_path and printer.all is not None:
+        write_plot(out, conn, printer.all, plot_path, f"tcpscapy connect {host}:{port}")
     if style == "json":
         out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
                  state=str(conn.state) if conn else None,

@@ -100,8 +100,8 @@ def print_summary(out: Output, report: dict[str, Any], *,
     out.line("counters: " + " ".join(f"{k}={v}" for k, v in report["counters"].items()))
 
 
-def _check_svg(path: str, once: bool) -> None:
-    """Fail before listening if --ladder-svg cannot be written (FILE, or its directory)."""
+def _check_svg(path: str, once: bool, option: str = "--ladder-svg") -> None:
+    """Fail before listening if `option`'s FILE cannot be written (FILE, or its directory)."""
     try:
         if once:
             with open(path, "w"):
@@ -109,7 +109,7 @@ def _check_svg(path: str, once: bool) -> None:
         elif not os.access(Path(path).parent, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "directory not writable")
     except OSError as exc:
-        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
+        raise errors.UsageError(f"cannot write {option} {path}: {exc.strerror}") from None
 
 
 def _service(echo_flag: bool, discard_flag: bool, file: str | None,
@@ -160,6 +160,9 @@ def _service(echo_flag: bool, discard_flag: bool, file: str | None,
 @click.option("--ladder-svg", "svg_path", metavar="FILE",
               help="Write each connection's ladder as an SVG picture: FILE with --once, "
               "else FILE named after the client (ladder-10.77.0.1-40000.svg).")
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write each connection's time-sequence graph, cwnd and RTT as an SVG "
+              "picture: FILE with --once, else FILE named after the client.")
 @click.option("--json", "as_json", is_flag=True, help="JSON objects on stderr instead of text.")
 @click.option("-v", "--verbose", is_flag=True, help="Each connection's ladder (or its JSON "
               "entries) before its summary line.")
@@ -178,7 +181,8 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            window: int | None, retries: int | None, rto: float | None,
            user_timeout: float | None, keepalive: float | None, nodelay: bool, syncookies: str,
            tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
-           verbose: bool, quiet: bool, absolute: bool, worker_count: int) -> None:
+           verbose: bool, quiet: bool, absolute: bool, worker_count: int,
+           plot_path: str | None) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
     tcpscapy's own TCP engine, serving many clients at once. Needs root."""
     style: Style = "json" if as_json else "quiet" if quiet else "ladder"
@@ -199,8 +203,11 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
             check_writable(path)
         if svg_path:
             _check_svg(svg_path, once)
+        if plot_path:
+            _check_svg(plot_path, once, "--plot")
         require_net_admin()
-        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path)
+        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path,
+                    plot_path)
         if worker_count > 1:
             sys.exit(_run_workers(worker_count, host, port, plan, pcap_path, out))
         listener = tcpscapy.listen(port, host, backlog=backlog, **options)
@@ -236,6 +243,7 @@ class Plan:
     max_conns: int | None
     once: bool
     svg_path: str | None
+    plot_path: str | None = None
 
 
 def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
@@ -246,6 +254,7 @@ def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
     pcap = _pcap_writer(pcap_path) if pcap_path else None
     server = Server(listener, plan.service, out, verbose=plan.verbose,
                     max_conns=plan.max_conns, once=plan.once, pcap=pcap, svg=plan.svg_path)
+    server.plot_path = plan.plot_path
     announce()
     server.start()
     signum = wait(server.done)
