@@ -1,5 +1,6 @@
 """The blocking, socket-like API: tcpscapy.connect() and tcpscapy.listen().
 
+    # in a lab's client host: `tcpscapy lab exec client -- python3 this.py`
     with tcpscapy.connect("10.77.0.2", 7, mss=1000, sack=False) as conn:
         conn.sendall(b"hello")
         print(conn.recv())
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tcpscapy import errors, netns
+from tcpscapy import errors, lab, netns
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
@@ -204,6 +205,17 @@ def resolve(host: str) -> str:
     if not infos:
         raise errors.UnknownHost(f"cannot resolve {host!r}: no IPv4 address")
     return str(infos[0][4][0])
+
+
+def check_lab_destination(ip: str) -> None:
+    """Raise OutsideLab if `ip` is a lab address and this thread is not inside that lab."""
+    subnet = lab.outside_lab(ip)
+    if subnet is not None:
+        raise errors.OutsideLab(
+            f"{ip} is a tcpscapy lab address ({subnet}) and no interface here is on that "
+            "subnet: run inside the lab (`tcpscapy lab exec client -- ...`, or the shell's "
+            "lab_enter(\"client\")), or pass lab_check=False if these are your own "
+            "namespaces", ip=ip, subnet=str(subnet))
 
 
 def _port(port: Any, *, zero_ok: bool) -> int:
@@ -552,7 +564,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             driver: Driver | None = None, on_record: OnRecord | None = None,
             data: bytes | bytearray | memoryview = b"", tfo: bool = False,
             tfo_cache: TfoCache | str | os.PathLike[str] | None = None,
-            **options: Any) -> Connection:
+            lab_check: bool = True, **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
@@ -574,10 +586,15 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     the first SYN on, on the thread running the driver loop (keep it quick).
     If the connect fails after the SYN went out, the exception carries the
     connection's trace as `exc.trace` (the SYN and the RST, say).
+
+    An address of a tcpscapy lab subnet (tcpscapy.lab.LAB_SUBNETS) is refused
+    (errors.OutsideLab) unless an interface of the calling thread's namespace is
+    on that subnet: from outside the lab it would go to the real network.
+    `lab_check=False` allows it, for your own namespaces on those addresses.
     """
     ip = resolve(host)
     port = _port(port, zero_ok=False)
-    deadline = _deadline(timeout, "connect")
+    _deadline(timeout, "connect")  # a bad timeout fails before anything is sent
     payload = _data(data)
     cache = _tfo_cache(_flag("tfo", tfo), tfo_cache)
     sport = options.pop("sport", None)
@@ -592,6 +609,11 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
+    if _flag("lab_check", lab_check):  # after the argument checks, before anything is sent
+        # From where the packets would leave: the driver's namespace (the default driver's
+        # is the calling thread's; a driver made in a lab host may be called from outside).
+        with driver._in_namespace() if driver is not None else contextlib.nullcontext():
+            check_lab_destination(ip)
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     attempt = cache.attempt(ip) if cache is not None else None
@@ -605,6 +627,9 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     conn = Connection(drv, ep)
     with drv.lock:
         _hook_trace(ep, on_record, trace_limit)
+        # Counted from the SYN, as the trace shows it: the driver's and the guard's start-up
+        # before it must not eat into `timeout` (the ladder would end before it).
+        deadline = _deadline(timeout, "connect")
         _record_metrics(ep)
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from os import PathLike
@@ -753,7 +753,8 @@ class LadderWriter:
 
 
 def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | None = None,
-           color: bool = False, ascii_only: bool = False) -> str:
+           color: bool = False, ascii_only: bool = False,
+           omitted: Mapping[int, int] | None = None) -> str:
     """The trace as a text ladder: local endpoint on the left, peer on the right.
 
     One line per segment (elapsed ms, the local state, an arrow carrying flags
@@ -762,6 +763,8 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
     change, then the handshake RTT and the ISNs. `width` bounds every line: long
     labels wrap onto lines under their arrow, other lines are cut with an
     ellipsis. `color` adds ANSI colours; `ascii_only` draws in ASCII.
+    An excerpt says where it skipped: `omitted[i] = n` puts a line "… n rows
+    omitted …" before entry i (i == len(trace): after the last).
     """
     entries = list(trace)
     if not entries:
@@ -783,8 +786,13 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
         bases=bases, t0=t0, state=local_changes[0][0] if local_changes else None, cut=width,
         color=color, ascii_only=ascii_only)
     lines = writer.header(*ends) if ends is not None else []
-    for entry in entries:
-        lines += writer.lines(entry)
+    gaps = omitted or {}
+    dots = _ASCII.ellipsis if ascii_only else _UNICODE.ellipsis
+    for i, entry in enumerate([*entries, None]):
+        if gaps.get(i):
+            lines.append(" " * prefix_width + f"{dots} {gaps[i]} rows omitted {dots}")
+        if entry is not None:
+            lines += writer.lines(entry)
     lines += writer.footer(entries)
     return "\n".join(lines)
 
