@@ -176,12 +176,16 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
         if name == "retries":
             field = "synack_retries" if listening else "syn_retries"
             changes[field] = _int_in(0, 100)(name, value)
+        elif name == "nodelay":  # TCP_NODELAY's spelling of nagle=False
+            if "nagle" in options and bool(options["nagle"]) == bool(value):
+                raise errors.BadOption("options nagle and nodelay contradict each other")
+            changes["nagle"] = not _flag(name, value)
         elif name in _CONFIG_OPTIONS or (listening and name in _LISTEN_OPTIONS):
             field, check = _CONFIG_OPTIONS.get(name) or _LISTEN_OPTIONS[name]
             changes[field] = check(name, value)
         else:
             extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
-            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config"]))
+            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config", "nodelay"]))
             raise errors.BadOption(f"unknown option {name!r} (known: {known})")
     config = base or default
     # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
@@ -441,6 +445,29 @@ class Connection:
     def driver(self) -> Driver:
         return self._driver
 
+    # Readiness, for an event loop that waits in driver.wait() (driver lock held) and
+    # calls recv()/send() only when they would not block.
+
+    @property
+    def readable(self) -> bool:
+        """recv() would not block: bytes are waiting, or the peer closed, or we are done."""
+        ep = self._ep
+        return bool(ep.rx) or ep.eof or ep.closed or ep.app_closed
+
+    @property
+    def send_space(self) -> int:
+        """Bytes send() would queue without blocking; -1 once sending can only fail."""
+        ep = self._ep
+        if ep.closed or ep.app_closed:
+            return -1
+        return ep.conn.send_space
+
+    @property
+    def finished(self) -> bool:
+        """The engine is done with it (CLOSED or TIME-WAIT): what wait_closed() waits for."""
+        ep = self._ep
+        return ep.closed or ep.conn.state in _DONE
+
     def _name(self) -> str:
         (lip, lport), (rip, rport) = self.local, self.remote
         return f"{lip}:{lport} -> {rip}:{rport}"
@@ -565,10 +592,10 @@ class Connection:
         Call it after close() to see the FIN exchange finish; False on timeout.
         """
         deadline = _deadline(timeout, "wait_closed")
-        drv, ep = self._driver, self._ep
+        drv = self._driver
         with drv.lock:
             try:
-                return drv.wait(lambda: ep.closed or ep.conn.state in _DONE, deadline)
+                return drv.wait(lambda: self.finished, deadline)
             except DriverClosed:
                 return True  # the driver closed every connection on its way out
 
@@ -592,9 +619,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
     send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
-    nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
-    keepalive_probes, user_timeout, msl, initial_window, cc ("newreno", "cubic" the
-    default, "bbr"), ecn ("off", "on" = ask, "passive" the default = accept only),
+    nagle, nodelay (= not nagle, as TCP_NODELAY), delayed_ack, keepalive (seconds or
+    True), keepalive_interval, keepalive_probes, user_timeout, msl, initial_window,
+    cc ("newreno", "cubic" the default, "bbr"), hystart, ecn ("off", "on" = ask,
+    "passive" the default = accept only),
     sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
 
@@ -739,6 +767,15 @@ class Listener:
     def engine(self) -> Any:
         """The core Listener (counters such as syns_received)."""
         return self._ls.listener
+
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
+    @property
+    def acceptable(self) -> bool:
+        """accept() would not block: a connection is ready, or the listener is closed."""
+        return self._ls.closed or self._ls.listener.ready > 0
 
     def accept(self, timeout: float | None = None, *,
                on_record: OnRecord | None = None) -> Connection:

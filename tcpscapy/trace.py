@@ -430,7 +430,7 @@ _STATE_WIDTH = len("SYN-RECEIVED")
 _RESET, _BOLD, _DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
 _RED, _GREEN, _MAGENTA, _CYAN = "\x1b[31m", "\x1b[32m", "\x1b[35m", "\x1b[36m"
 _HANDSHAKE_MASK = SYN | ACK | RST
-_WORDS = re.compile(r"<[^>]*>|\S+")
+_WORDS = re.compile(r"<[^>]*>|\[[^\]]*\]|\S+")  # <options> and a [tag] wrap as one word
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,8 +551,8 @@ def _fit(text: str, width: int, glyphs: _Glyphs) -> str:
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    """Greedy word wrap keeping `<options>` whole where it fits; longer words are cut
-    (after a comma where possible)."""
+    """Greedy word wrap keeping `<options>` and `[tags]` whole where they fit; longer
+    words are cut (after a comma where possible)."""
     chunks: list[str] = []
     current = ""
     for word in _WORDS.findall(text):

@@ -161,8 +161,8 @@ def parse_wscale(value: str | None) -> int | Literal[False] | None:
 def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
                    no_timestamps: bool, window: int | None, retries: int | None,
                    rto: float | None, user_timeout: float | None = None,
-                   keepalive: float | None = None, cc: str | None = None,
-                   ecn: str | None = None) -> dict[str, Any]:
+                   keepalive: float | None = None, nodelay: bool = False,
+                   cc: str | None = None, ecn: str | None = None) -> dict[str, Any]:
     """Keyword options for tcpscapy.connect()/listen() from the shared CLI flags."""
     options: dict[str, Any] = {}
     scale = parse_wscale(wscale)
@@ -172,6 +172,8 @@ def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
         options["sack"] = False
     if no_timestamps:
         options["timestamps"] = False
+    if nodelay:
+        options["nodelay"] = True
     for name, value in (("mss", mss), ("window", window), ("retries", retries), ("rto", rto),
                         ("user_timeout", user_timeout), ("keepalive", keepalive),
                         ("cc", cc), ("ecn", ecn)):
@@ -199,6 +201,9 @@ def engine_option_flags(*, retries_help: str) -> Callable[[F], F]:
                           "(RFC 5482; default: after the retransmissions run out)."),
         click.option("--keepalive", type=click.FloatRange(0.001, 86400), metavar="SECONDS",
                      help="Probe an idle peer after this long (default: off)."),
+        click.option("--nodelay", is_flag=True,
+                     help="Send small segments at once, without waiting for ACKs "
+                          "(Nagle off, as TCP_NODELAY)."),
         click.option("--cc", type=click.Choice(CC_NAMES),
                      help="Congestion control (default cubic; bbr is BBR v1)."),
         click.option("--ecn", type=click.Choice(("off", "on", "passive")),

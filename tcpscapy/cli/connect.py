@@ -226,7 +226,7 @@ class _ConnectCommand(Command):
 def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bool,
             no_lab_check: bool, mss: int | None, wscale: str | None,
             no_sack: bool, no_timestamps: bool, window: int | None, retries: int | None,
-            rto: float | None, user_timeout: float | None, keepalive: float | None,
+            rto: float | None, user_timeout: float | None, keepalive: float | None, nodelay: bool,
             cc: str | None, ecn: str | None, sport: int | None, iface: str | None,
             timeout: float | None,
             pcap_path: str | None, as_json: bool, quiet: bool, absolute: bool, tfo: bool,
@@ -253,7 +253,7 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
         options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
                                  no_timestamps=no_timestamps, window=window, retries=retries,
                                  rto=rto, user_timeout=user_timeout, keepalive=keepalive,
-                                 cc=cc, ecn=ecn)
+                                 nodelay=nodelay, cc=cc, ecn=ecn)
         options.update({k: v for k, v in (("sport", sport), ("iface", iface)) if v})
         if tfo_cache is not None and not tfo:
             raise errors.UsageError("--tfo-cache needs --tfo")
