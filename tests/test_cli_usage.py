@@ -79,6 +79,8 @@ def test_connect_rejects_a_bad_target(target: str, message: str) -> None:
     (["--send", "tab\\q"], "bad escape \\q"),
     (["--send", "end\\"], "bad escape a trailing \\"),
     (["--json", "-q"], "--json and -q exclude each other"),
+    (["--cc", "vegas"], "Invalid value for '--cc'"),
+    (["--ecn", "maybe"], "Invalid value for '--ecn'"),
     (["--no-such-flag"], "No such option"),  # click words the rest by version
 ])
 def test_connect_rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
@@ -97,6 +99,7 @@ def test_a_missing_argument_is_one_line_too() -> None:
     ["--send", "GET / HTTP/1.1\\r\\n\\r\\n", "--json"],  # --send with --json is fine
     ["--wscale", "off", "--no-sack", "--no-timestamps", "--mss", "536", "--window", "8192"],
     ["--retries", "2", "--rto", "0.2", "--timeout", "3", "--sport", "4000", "--absolute", "-q"],
+    ["--cc", "bbr", "--ecn", "on"], ["--cc", "newreno", "--ecn", "off"],
 ])
 def test_good_connect_options_get_as_far_as_the_privilege_check(args: list[str]) -> None:
     result = run("connect", "192.0.2.1:80", *args)  # not a lab address: see test_first_hour
@@ -135,6 +138,7 @@ def test_connect_help_lists_the_exit_codes() -> None:
     (["8080", "--backlog", "0"], "Invalid value for '--backlog'"),
     (["8080", "--max-conns", "0"], "Invalid value for '--max-conns'"),
     (["8080", "--wscale", "x"], "bad --wscale 'x'"),
+    (["8080", "--cc", "reno"], "Invalid value for '--cc'"),
 ])
 def test_listen_rejects_bad_usage_in_one_line(args: list[str], message: str) -> None:
     result = run("listen", *args)
@@ -146,6 +150,7 @@ def test_listen_rejects_bad_usage_in_one_line(args: list[str], message: str) -> 
 @pytest.mark.parametrize("args", [
     ["0"], ["8080", "--discard"], ["10.77.0.2:80", "--http", "."],
     ["8080", "--file", __file__, "--once", "-v", "--json", "--syncookies", "always", "--tfo"],
+    ["8080", "--echo", "--cc", "cubic", "--ecn", "passive"],
 ])
 def test_good_listen_options_get_as_far_as_the_privilege_check(args: list[str]) -> None:
     result = run("listen", *args)
