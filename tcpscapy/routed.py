@@ -170,17 +170,13 @@ class RoutedLab(Lab):
 
     def down(self) -> None:
         """Stop the lab's processes (the path impairment too), remove its namespaces."""
-        from tcpscapy.impair.control import stop  # the impairment builds on this module
-
         _require_tools("ip")
-        stop(self)
+        self.path_off()
         super().down()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         """As Lab.status, with the router's links, forwarding, MTUs, NAT and ICMP filter."""
-        from tcpscapy.impair.control import path_status
-
         _require_tools("ip")
         router_present = netns.exists(self.router_ns)
         links: dict[str, dict[str, Any]] = {}
@@ -214,7 +210,32 @@ class RoutedLab(Lab):
         )
         state = "down" if not any(parts) else "up" if all(parts) and healthy else "partial"
         return {"prefix": self.prefix, "kind": self.kind, "state": state, "router": router,
-                "hosts": hosts, "path": path_status(self) if router_present else None}
+                "hosts": hosts, "path": self.path_status() if router_present else None}
+
+    # -- path impairment (tcpscapy.impair) ---------------------------------------------
+
+    def path(self, direction: str = "both", clear: bool = False, **params: Any) -> dict[str, Any]:
+        """Impair the path through the router, e.g. `lab.path(delay=0.025, loss=0.01)`.
+
+        Parameters as in tcpscapy.impair.model.PathParams (seconds, fractions, bit/s);
+        those not given keep their value (`clear=True`: start from no impairment).
+        `direction`: "to-server", "to-client" or "both". Returns `path_status()`.
+        """
+        from tcpscapy.impair.control import configure
+
+        return configure(self, direction, clear, **params)
+
+    def path_off(self) -> None:
+        """Stop the impairment: the router forwards in the kernel alone again."""
+        from tcpscapy.impair.control import stop
+
+        stop(self)
+
+    def path_status(self) -> dict[str, Any] | None:
+        """The impairment's settings, counters and own delay; None when it is off."""
+        from tcpscapy.impair.control import path_status
+
+        return path_status(self)
 
     # -- internals ---------------------------------------------------------------------
 
