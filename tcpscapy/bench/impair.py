@@ -21,13 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tcpscapy.routed import RoutedLab
 
 PORT = 7778
-FLOOD_COUNT = 200_000
-FLOOD_SECONDS = 10.0
+FLOOD_COUNT = 150_000
+FLOOD_SECONDS = 5.0
 PINGS = 2000
 WARMUP = 100
 
@@ -53,14 +54,19 @@ SENDER = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 payload = bytes(72)  # + 28 bytes of headers = 100
-end = time.monotonic() + %(seconds)f
+began = time.monotonic()
+end, rate = began + %(seconds)f, %(rate)f
 for i in range(%(count)d):
     try:
         s.sendto(payload, ("%(dst)s", %(port)d))
     except OSError:
         pass
-    if i & 1023 == 0 and time.monotonic() > end:
-        break
+    if i & 15 == 0:
+        now = time.monotonic()
+        if now > end:
+            break
+        if rate and now < began + i / rate:  # paced: bursts of 16 at most
+            time.sleep(began + i / rate - now)
 """
 
 ECHO = """
@@ -93,13 +99,14 @@ def _forwarded(lab: RoutedLab) -> tuple[int, int]:
     return status["pid"], status["directions"]["to-server"]["counters"]["sent"]
 
 
-def forwarding_rate(lab: RoutedLab) -> tuple[float, float]:
-    """(packets/s through the router at saturation, packets per CPU-second of the process)."""
+def forwarding_rate(lab: RoutedLab, rate: float = 0.0) -> tuple[float, float]:
+    """(packets/s through the router, packets per CPU-second of the process), the sender
+    as fast as it can (`rate` 0: saturation) or paced at `rate` packets/s."""
     pid, sent_before = _forwarded(lab)
     cpu_before = _cpu_seconds(pid)
     receiver = _start(lab, "server", RECEIVER % {"port": PORT})
     sender = lab.popen("client", [sys.executable, "-c", SENDER % {
-        "seconds": FLOOD_SECONDS, "count": FLOOD_COUNT, "dst": lab.addr("server"),
+        "seconds": FLOOD_SECONDS, "count": FLOOD_COUNT, "rate": rate, "dst": lab.addr("server"),
         "port": PORT}])
     sender.wait(timeout=FLOOD_SECONDS + 30)
     out, _ = receiver.communicate(timeout=30)
@@ -126,6 +133,10 @@ def round_trip_us(lab: RoutedLab) -> float:
     return statistics.median(samples) * 1e6
 
 
+GOAL_PPS = 20_000.0  # the issue's goal: this many packets/s with < 1 ms of own delay
+IMPAIRED = {"delay": 0.001, "jitter": 0.0002, "loss": 0.01}  # every packet through the heap
+
+
 def measure() -> dict[str, float]:
     lab = RoutedLab(f"tsbi{secrets.token_hex(3)}")
     try:
@@ -133,54 +144,62 @@ def measure() -> dict[str, float]:
         _start(lab, "server", ECHO % {"port": PORT + 1})
         kernel_rtt = round_trip_us(lab)
         lab.path(clear=True)
-        impaired_rtt = round_trip_us(lab)
+        neutral_rtt = round_trip_us(lab)
         rate, per_cpu = forwarding_rate(lab)
+        lab.path(clear=True, **IMPAIRED)
+        impaired_rate, impaired_per_cpu = forwarding_rate(lab)
+        lab.path(clear=True, **IMPAIRED)  # resets the own-delay record
+        paced_rate, _ = forwarding_rate(lab, GOAL_PPS)
         status = lab.path_status() or {}
         own = status.get("own_delay_us", {})
-        return {"rate": rate, "per_cpu": per_cpu, "added": (impaired_rtt - kernel_rtt) / 2,
-                "kernel_rtt": kernel_rtt, "rtt": impaired_rtt,
-                "own_p99": float(own.get("p99", 0.0))}
+        return {"rate": rate, "per_cpu": per_cpu, "impaired_rate": impaired_rate,
+                "impaired_per_cpu": impaired_per_cpu, "added": (neutral_rtt - kernel_rtt) / 2,
+                "kernel_rtt": kernel_rtt, "rtt": neutral_rtt,
+                "paced_rate": paced_rate, "own_p99": float(own.get("p99", 0.0))}
     finally:
         lab.down()
 
 
 RATE = "impairment router: forwarding rate at saturation (100-byte UDP, no impairment)"
+PER_CPU = "impairment router: packets per CPU-second of the process (no impairment)"
+IMPAIRED_RATE = "impairment router: forwarding rate at saturation (1 ms ±0.2 ms delay, 1% loss)"
+IMPAIRED_PER_CPU = "impairment router: packets per CPU-second (1 ms ±0.2 ms delay, 1% loss)"
 ADDED = "impairment router: latency added per pass (UDP round trip on minus off, halved)"
-OWN_P99 = "impairment router: own delay p99 under the flood, as `lab status` shows it"
-# One lab gives all three; the rate figure measures, the others take that run's values.
-_pending: dict[str, list[float]] = {"added": [], "own_p99": []}
+PACED = "impairment router: delivered of 20k packets/s offered (1 ms delay, 1% loss)"
+OWN_P99 = "impairment router: own delay p99 at 20k packets/s offered (1 ms delay, 1% loss)"
+# One lab gives every figure: the first measures, the others take that run's values.
+_KEYS = {RATE: "rate", PER_CPU: "per_cpu", IMPAIRED_RATE: "impaired_rate",
+         IMPAIRED_PER_CPU: "impaired_per_cpu", ADDED: "added", PACED: "paced_rate",
+         OWN_P99: "own_p99"}
+_pending: dict[str, list[float]] = {key: [] for key in _KEYS.values()}
 
 
-def rate_pps() -> float:
-    m = measure()
-    for key, values in _pending.items():
-        values.append(m[key])
-    return m["rate"]
-
-
-def _taken(key: str) -> float:
-    if not _pending[key]:
-        rate_pps()
-    return _pending[key].pop(0)
-
-
-def added_us() -> float:
-    return _taken("added")
-
-
-def own_p99_us() -> float:
-    return _taken("own_p99")
+def _figure(key: str) -> Callable[[], float]:
+    def take() -> float:
+        if not _pending[key]:
+            m = measure()
+            for k, values in _pending.items():
+                values.append(m[k])
+        return _pending[key].pop(0)
+    return take
 
 
 FIGURES = [
-    (RATE, "packets/s", rate_pps),
-    (ADDED, "µs", added_us),
-    (OWN_P99, "µs", own_p99_us),
+    (RATE, "packets/s", _figure("rate")),
+    (PER_CPU, "packets/s", _figure("per_cpu")),
+    (IMPAIRED_RATE, "packets/s", _figure("impaired_rate")),
+    (IMPAIRED_PER_CPU, "packets/s", _figure("impaired_per_cpu")),
+    (ADDED, "µs", _figure("added")),
+    (PACED, "packets/s", _figure("paced_rate")),
+    (OWN_P99, "µs", _figure("own_p99")),
 ]
 
 
 if __name__ == "__main__":
     m = measure()
     print(f"forwarding {m['rate']:,.0f} packets/s ({m['per_cpu']:,.0f} per CPU-second); "
+          f"with delay and loss {m['impaired_rate']:,.0f} packets/s "
+          f"({m['impaired_per_cpu']:,.0f} per CPU-second); "
           f"round trip {m['kernel_rtt']:.0f} µs kernel alone, {m['rtt']:.0f} µs through the "
-          f"process: +{m['added']:.0f} µs per pass; own delay p99 {m['own_p99']:.0f} µs")
+          f"process: +{m['added']:.0f} µs per pass; at 20k/s offered {m['paced_rate']:,.0f} "
+          f"delivered, own delay p99 {m['own_p99']:.0f} µs")

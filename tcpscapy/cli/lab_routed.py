@@ -52,14 +52,18 @@ def print_path(path: dict[str, Any] | None) -> None:
     if "error" in path:
         click.echo(f"  {'path':<9} {path['error']}")
         return
-    own = path["own_delay_us"]
-    verdict = "yes" if own["p99"] < OWN_DELAY_GOAL_US else "NO"
+    own, wait = path["own_delay_us"], path["kernel_wait_us"]
     drops = sum(v["queue_full"] for v in path["kernel_drops"].values())
-    click.echo(f"  {'path':<9} pid {path['pid']}, {path['held']} packets held, "
-               f"{path['rate_pps']} packets/s now, {drops} dropped by a full kernel queue")
-    click.echo(f"  {'':<9} own delay p50 {own['p50']:g} µs, p99 {own['p99']:g} µs, "
-               f"max {own['max']:g} µs over the last {own['samples']} packets "
-               f"(p99 under 1 ms: {verdict}; capacity: make bench)")
+    click.echo(f"  {'path':<9} pid {path['pid']}, {path['scheduling']}, {path['held']} packets "
+               f"held, {path['rate_pps']} packets/s now, {drops} dropped by a full kernel queue")
+    if own["samples"]:
+        verdict = "yes" if own["p99"] < OWN_DELAY_GOAL_US else "NO"
+        click.echo(f"  {'':<9} own delay p50 {own['p50']:g} µs, p99 {own['p99']:g} µs, max "
+                   f"{own['max']:g} µs over the last {own['samples']} packets (p99 under "
+                   f"1 ms: {verdict}); before it read them p50 {wait['p50']:g} µs, "
+                   f"p99 {wait['p99']:g} µs")
+    else:
+        click.echo(f"  {'':<9} own delay: no packets since the last change")
     for direction, d in path["directions"].items():
         c = d["counters"]
         click.echo(f"    {direction:<10} {d['describe']}")

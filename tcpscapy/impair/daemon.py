@@ -47,9 +47,14 @@ RULE_COMMENT = "tcpscapy-path"
 SOCKET_NAME, PIDFILE_NAME, LOG_NAME = "path.sock", "path.pid", "path.log"
 MODULE = "tcpscapy.impair.daemon"
 QUEUE_MAXLEN = 20_000  # packets the kernel may hold for us per direction
-LATENESS_SAMPLES = 4096
+LATENESS_SAMPLES = 16384
 MAX_REQUEST = 64 * 1024
 PR_SET_TIMERSLACK = 29
+SO_TIMESTAMP = 29  # Linux; the socket module does not export it
+NICE = -10  # when flooded: CFS weight ~10x a nice-0 process
+FLOODED_CPU = 0.5  # share of a core above which we give up real-time priority
+SLICE = 64  # packets read from one queue before the loop looks at timers and control
+MAX_QUEUED = 10.0  # a kernel timestamp older than this is a clock step, not a wait
 
 Iptables = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -101,6 +106,12 @@ def _kernel_queue_drops() -> dict[str, dict[str, int]]:
     return out
 
 
+class _Yield(Exception):
+    """Raised from the queue callback after SLICE packets: NetfilterQueue.run reads until
+    EAGAIN, which a flood never gives; this hands control back to the loop (each read
+    holds one packet, whose verdict is given before, so nothing is left without one)."""
+
+
 class Daemon:
     def __init__(self, rundir: Path, netns_name: str) -> None:
         self.rundir, self.netns_name = rundir, netns_name
@@ -109,8 +120,12 @@ class Daemon:
         self.order = itertools.count()
         self.lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self.max_lateness = 0.0
+        self.waited: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self.started = time.monotonic()
         self.second_start, self.second_count, self.last_rate = self.started, 0, 0
+        self.second_cpu = time.process_time()
+        self.scheduling = "normal"
+        self.budget = SLICE
         self.stopping = False
         self.queues: dict[str, NetfilterQueue] = {}
         self.conns: dict[int, tuple[socket.socket, bytearray]] = {}
@@ -118,10 +133,19 @@ class Daemon:
 
     # -- packets ---------------------------------------------------------------------
 
+    def take(self, direction: str, pkt: Packet) -> None:
+        self.on_packet(direction, pkt)
+        self.budget -= 1
+        if self.budget <= 0:
+            raise _Yield
+
     def on_packet(self, direction: str, pkt: Packet) -> None:
         now = time.monotonic()
         if self.heap and self.heap[0][0] <= now:
             self.fire(now)
+        stamp = pkt.get_timestamp()  # arrival at the router: how long it waited for us
+        if stamp:
+            self.waited.append(min(max(time.time() - stamp, 0.0), MAX_QUEUED))
         shaper = self.shapers[direction]
         p = shaper.params
         if shaper.passes_all:  # nothing to do: the common case, kept short
@@ -169,19 +193,21 @@ class Daemon:
     # -- control ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        samples = sorted(self.lateness)
+        samples, waited = sorted(self.lateness), sorted(self.waited)
 
-        def pct(q: float) -> float:
-            return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1e6, 1) \
-                if samples else 0.0
+        def pct(values: list[float], q: float) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))] * 1e6, 1) \
+                if values else 0.0
 
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "held": len(self.heap),
+            "scheduling": self.scheduling,
             "rate_pps": self.last_rate,
-            "own_delay_us": {"p50": pct(0.5), "p99": pct(0.99),
+            "own_delay_us": {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99),
                              "max": round(self.max_lateness * 1e6, 1), "samples": len(samples)},
+            "kernel_wait_us": {"p50": pct(waited, 0.5), "p99": pct(waited, 0.99)},
             "kernel_drops": _kernel_queue_drops(),
             "directions": {d: {"params": s.params.as_dict(), "describe": s.params.describe(),
                                "counters": dict(s.counters)} for d, s in self.shapers.items()},
@@ -199,6 +225,9 @@ class Daemon:
             targets = DIRECTIONS if direction == "both" else (direction,)
             new = {d: (NEUTRAL if request.get("clear") else self.shapers[d].params)
                    .changed(**params) for d in targets}  # all valid before any changes
+            self.lateness.clear()  # own delay is told for the settings now in force
+            self.waited.clear()
+            self.max_lateness = 0.0
             for d, params_d in new.items():
                 counters = self.shapers[d].counters
                 self.shapers[d] = Shaper(params_d, d)
@@ -249,12 +278,17 @@ class Daemon:
     def run(self) -> None:
         with contextlib.suppress(OSError):  # precise timers: the default slack is 50 µs
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+        self.schedule(realtime=True)
         remove_rules(_local_iptables)  # a killed predecessor's
+        # Any socket asking for receive timestamps makes the kernel stamp every packet on
+        # arrival (a global switch); nfqueue hands the stamp over with the packet.
+        self.stamper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.stamper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         for d, q in QUEUES.items():
             nfq = NetfilterQueue()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # rcvbuf smaller than asked
-                nfq.bind(q, lambda pkt, d=d: self.on_packet(d, pkt), max_len=QUEUE_MAXLEN,
+                nfq.bind(q, lambda pkt, d=d: self.take(d, pkt), max_len=QUEUE_MAXLEN,
                          sock_len=8 * 1024 * 1024)
             self.queues[d] = nfq
         wake_r, wake_w = socket.socketpair()
@@ -299,8 +333,7 @@ class Daemon:
         while not self.stopping:
             now = time.monotonic()
             if now - self.second_start >= 1.0:
-                self.last_rate = round(self.second_count / (now - self.second_start))
-                self.second_start, self.second_count = now, 0
+                self.every_second(now)
             if now >= check_ns_at:  # the lab went down without us: leave, nothing to serve
                 if not os.path.exists(f"/run/netns/{self.netns_name}"):
                     print(f"namespace {self.netns_name} is gone", file=sys.stderr, flush=True)
@@ -311,7 +344,9 @@ class Daemon:
             ready, _, _ = select.select(fds, [], [], timeout)
             for fd in ready:
                 if fd in nfq_fds:
-                    nfq_fds[fd].run(block=False)
+                    self.budget = SLICE
+                    with contextlib.suppress(_Yield):
+                        nfq_fds[fd].run(block=False)
                 elif fd == listener.fileno():
                     self.on_control(listener)
                 elif fd == wake.fileno():
@@ -321,6 +356,37 @@ class Daemon:
                     self.on_conn(fd)
             if self.heap:
                 self.fire(time.monotonic())
+
+    def schedule(self, realtime: bool) -> None:
+        """Real-time priority 1 while we keep up cheaply, nice -10 while flooded.
+
+        A router's forwarding runs before any process (netem's in softirq); on a busy
+        machine a normal process waits milliseconds to be scheduled, so packets would too.
+        Real-time priority 1 preempts every normal process on wake-up. Flooded (over
+        FLOODED_CPU of a core), we step down, so a flood never takes a core from the
+        machine; the kernel's real-time throttling (95 %) is the last guard.
+        """
+        try:
+            if realtime:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+                self.scheduling = "real-time (SCHED_FIFO 1)"
+                return
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, 0, NICE)
+            self.scheduling = f"nice {NICE} (flooded: over {FLOODED_CPU:.0%} of a core)"
+        except OSError as e:
+            self.scheduling = f"normal ({e.strerror})"
+
+    def every_second(self, now: float) -> None:
+        elapsed = now - self.second_start
+        self.last_rate = round(self.second_count / elapsed)
+        cpu = time.process_time()
+        busy = (cpu - self.second_cpu) / elapsed
+        if busy > FLOODED_CPU and self.scheduling.startswith("real-time"):
+            self.schedule(realtime=False)
+        elif busy < FLOODED_CPU / 2 and not self.scheduling.startswith("real-time"):
+            self.schedule(realtime=True)
+        self.second_start, self.second_count, self.second_cpu = now, 0, cpu
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
