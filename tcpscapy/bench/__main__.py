@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import engine, floor, memory, profiling, syncookies, wire
+from tcpscapy.bench import engine, floor, impair, memory, profiling, syncookies, wire
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -64,6 +64,9 @@ TARGETS: dict[str, Target] = {
     memory.DRIVER_1K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_10K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_NO_TRACE_10K: Target("<=", 4096, "≤ 4 KB"),
+    impair.RATE: Target(">=", 20_000, "≥ 20,000/s"),
+    impair.ADDED: Target("<=", 1000, "< 1 ms"),
+    impair.OWN_P99: Target("<=", 1000, "< 1 ms"),
 }
 RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("tcpscapy.connect() / kernel connect()", wire.CONNECT_TCPSCAPY, wire.CONNECT_KERNEL,
@@ -82,6 +85,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
      None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
+    ("impairment router: delivered / sent at 20k/s (1% lost on purpose)", impair.PACED,
+     impair.OFFERED, Target(">=", 0.98, "≥ 0.98x")),
 ]
 
 
@@ -233,7 +238,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
     return [*w.figures(), *floor.FIGURES, *syncookies.FIGURES, *memory.figures(w, quick=quick),
-            *engine.FIGURES]
+            *engine.FIGURES, *impair.FIGURES]
 
 
 def main(argv: list[str] | None = None) -> None:

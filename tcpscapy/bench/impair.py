@@ -67,6 +67,7 @@ for i in range(%(count)d):
             break
         if rate and now < began + i / rate:  # paced: bursts of 16 at most
             time.sleep(began + i / rate - now)
+print(i + 1, time.monotonic() - began, flush=True)
 """
 
 ECHO = """
@@ -99,21 +100,23 @@ def _forwarded(lab: RoutedLab) -> tuple[int, int]:
     return status["pid"], status["directions"]["to-server"]["counters"]["sent"]
 
 
-def forwarding_rate(lab: RoutedLab, rate: float = 0.0) -> tuple[float, float]:
-    """(packets/s through the router, packets per CPU-second of the process), the sender
-    as fast as it can (`rate` 0: saturation) or paced at `rate` packets/s."""
+def forwarding_rate(lab: RoutedLab, rate: float = 0.0) -> tuple[float, float, float]:
+    """(packets/s through the router, packets per CPU-second of the process, packets/s the
+    sender sent), the sender as fast as it can (`rate` 0: saturation) or paced at `rate`."""
     pid, sent_before = _forwarded(lab)
     cpu_before = _cpu_seconds(pid)
     receiver = _start(lab, "server", RECEIVER % {"port": PORT})
     sender = lab.popen("client", [sys.executable, "-c", SENDER % {
         "seconds": FLOOD_SECONDS, "count": FLOOD_COUNT, "rate": rate, "dst": lab.addr("server"),
-        "port": PORT}])
-    sender.wait(timeout=FLOOD_SECONDS + 30)
+        "port": PORT}], stdout=subprocess.PIPE, text=True)
+    sent_out, _ = sender.communicate(timeout=FLOOD_SECONDS + 30)
+    sent_count, sent_seconds = sent_out.split()
     out, _ = receiver.communicate(timeout=30)
     result = json.loads(out.strip().splitlines()[-1])
     _, sent = _forwarded(lab)
     per_cpu_second = (sent - sent_before) / max(_cpu_seconds(pid) - cpu_before, 1e-3)
-    return float(result["packets"] / result["seconds"]), per_cpu_second
+    return (float(result["packets"] / result["seconds"]), per_cpu_second,
+            int(sent_count) / float(sent_seconds))
 
 
 def round_trip_us(lab: RoutedLab) -> float:
@@ -145,17 +148,19 @@ def measure() -> dict[str, float]:
         kernel_rtt = round_trip_us(lab)
         lab.path(clear=True)
         neutral_rtt = round_trip_us(lab)
-        rate, per_cpu = forwarding_rate(lab)
-        lab.path(clear=True, **IMPAIRED)
-        impaired_rate, impaired_per_cpu = forwarding_rate(lab)
-        lab.path(clear=True, **IMPAIRED)  # resets the own-delay record
-        paced_rate, _ = forwarding_rate(lab, GOAL_PPS)
-        status = lab.path_status() or {}
-        own = status.get("own_delay_us", {})
+        # Paced first: a flood makes the process step down from real-time priority for a
+        # second or two (see daemon.Daemon.schedule), which is not what this run is about.
+        lab.path(clear=True, **IMPAIRED)  # also restarts the own-delay record
+        paced_rate, _, offered = forwarding_rate(lab, GOAL_PPS)
+        own = (lab.path_status() or {}).get("own_delay_us", {})
+        rate, per_cpu, _ = forwarding_rate(lab)  # still impaired
+        lab.path(clear=True)
+        impaired_rate, impaired_per_cpu = rate, per_cpu
+        rate, per_cpu, _ = forwarding_rate(lab)
         return {"rate": rate, "per_cpu": per_cpu, "impaired_rate": impaired_rate,
                 "impaired_per_cpu": impaired_per_cpu, "added": (neutral_rtt - kernel_rtt) / 2,
                 "kernel_rtt": kernel_rtt, "rtt": neutral_rtt,
-                "paced_rate": paced_rate, "own_p99": float(own.get("p99", 0.0))}
+                "paced_rate": paced_rate, "offered": offered, "own_p99": float(own.get("p99", 0.0))}
     finally:
         lab.down()
 
@@ -165,16 +170,16 @@ PER_CPU = "impairment router: packets per CPU-second of the process (no impairme
 IMPAIRED_RATE = "impairment router: forwarding rate at saturation (1 ms ±0.2 ms delay, 1% loss)"
 IMPAIRED_PER_CPU = "impairment router: packets per CPU-second (1 ms ±0.2 ms delay, 1% loss)"
 ADDED = "impairment router: latency added per pass (UDP round trip on minus off, halved)"
-PACED = "impairment router: delivered of 20k packets/s offered (1 ms delay, 1% loss)"
+OFFERED = "impairment router: sent by the client, paced at 20k packets/s"
+PACED = "impairment router: delivered of that (1 ms delay, 1% loss)"
 OWN_P99 = "impairment router: own delay p99 at 20k packets/s offered (1 ms delay, 1% loss)"
 # One lab gives every figure: the first measures, the others take that run's values.
-_KEYS = {RATE: "rate", PER_CPU: "per_cpu", IMPAIRED_RATE: "impaired_rate",
-         IMPAIRED_PER_CPU: "impaired_per_cpu", ADDED: "added", PACED: "paced_rate",
-         OWN_P99: "own_p99"}
-_pending: dict[str, list[float]] = {key: [] for key in _KEYS.values()}
+_pending: dict[str, list[float]] = {}
 
 
 def _figure(key: str) -> Callable[[], float]:
+    _pending[key] = []
+
     def take() -> float:
         if not _pending[key]:
             m = measure()
@@ -190,6 +195,7 @@ FIGURES = [
     (IMPAIRED_RATE, "packets/s", _figure("impaired_rate")),
     (IMPAIRED_PER_CPU, "packets/s", _figure("impaired_per_cpu")),
     (ADDED, "µs", _figure("added")),
+    (OFFERED, "packets/s", _figure("offered")),
     (PACED, "packets/s", _figure("paced_rate")),
     (OWN_P99, "µs", _figure("own_p99")),
 ]
@@ -201,5 +207,5 @@ if __name__ == "__main__":
           f"with delay and loss {m['impaired_rate']:,.0f} packets/s "
           f"({m['impaired_per_cpu']:,.0f} per CPU-second); "
           f"round trip {m['kernel_rtt']:.0f} µs kernel alone, {m['rtt']:.0f} µs through the "
-          f"process: +{m['added']:.0f} µs per pass; at 20k/s offered {m['paced_rate']:,.0f} "
-          f"delivered, own delay p99 {m['own_p99']:.0f} µs")
+          f"process: +{m['added']:.0f} µs per pass; {m['offered']:,.0f}/s sent (paced at 20k/s), "
+          f"{m['paced_rate']:,.0f}/s delivered, own delay p99 {m['own_p99']:.0f} µs")

@@ -52,7 +52,7 @@ MAX_REQUEST = 64 * 1024
 PR_SET_TIMERSLACK = 29
 SO_TIMESTAMP = 29  # Linux; the socket module does not export it
 NICE = -10  # when flooded: CFS weight ~10x a nice-0 process
-FLOODED_CPU = 0.5  # share of a core above which we give up real-time priority
+FLOODED_CPU = 0.8  # share of a core above which we give up real-time priority
 SLICE = 64  # packets read from one queue before the loop looks at timers and control
 MAX_QUEUED = 10.0  # a kernel timestamp older than this is a clock step, not a wait
 
