@@ -52,7 +52,7 @@ SUBNETS: dict[str, int] = {"client": 1, "server": 2, "attacker": 3}
 ROUTED_HOSTS: tuple[str, ...] = ("client", "server", "attacker", ROUTER)
 PREFIXLEN = 24
 DEFAULT_MTU = 1500
-MIN_MTU, MAX_MTU = 576, 9000  # IPv4's guaranteed datagram size; a jumbo frame
+MIN_MTU, MAX_MTU = 576, DEFAULT_MTU  # IPv4's guaranteed datagram size; the hosts' MTU
 ROUTER_SYSCTLS = (
     ("net.ipv4.ip_forward", "1"),
     # Off, so the attacker's spoofed sources are forwarded like a real router without uRPF.
