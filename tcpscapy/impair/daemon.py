@@ -155,6 +155,8 @@ class Daemon:
             self.note_release(now)
             return
         payload = pkt.get_payload() if p.ce or p.ce_threshold or p.duplicate else None
+        if payload is not None and int.from_bytes(payload[2:4], "big") != len(payload):
+            payload = None  # a truncated copy (over ~4 KB): never rewrite or copy a part
         ect = payload is not None and len(payload) > 1 and payload[1] & 0x03 != 0
         fate = shaper.fate(now, pkt.get_payload_len(), ect)
         if fate.drop:
@@ -262,6 +264,8 @@ class Daemon:
             if not chunk and not buf:
                 return
             try:
+                if b"\n" not in buf and len(buf) >= MAX_REQUEST:
+                    raise PathError(f"a request is one line under {MAX_REQUEST} bytes")
                 request = json.loads(bytes(buf).split(b"\n", 1)[0])
                 if not isinstance(request, dict):
                     raise PathError("a request is a JSON object")

@@ -294,3 +294,35 @@ def test_path_needs_a_routed_lab_that_is_up(unique_prefix: str) -> None:
     with pytest.raises(LabError, match="not up"):
         lab.path(loss=0.1)
     assert daemons(lab) == []
+
+
+def test_bad_control_requests_get_an_error_and_change_nothing(routed: RoutedLab) -> None:
+    routed.path(loss=0.1)
+    path = str(routed.runtime_dir / "path.sock")
+
+    def ask(raw: bytes) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            data = b""
+            try:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                while chunk := s.recv(65536):
+                    data += chunk
+            except ConnectionResetError:  # it answered and closed before reading it all
+                assert len(raw) > 65536
+                return {"ok": False, "error": "reset"}
+        return dict(json.loads(data)) if data else {}
+
+    assert ask(b"") == {}  # connect, say nothing, leave
+    for raw in (b"not json\n", b"[1, 2]\n", b'{"op": "reboot"}\n',
+                b'{"op": "set", "direction": "sideways", "params": {}}\n',
+                b'{"op": "set", "params": {"loss": 5}}\n',
+                b'{"op": "set", "params": {"loss": 0.5, "nonsense": 1}}\n',
+                b'{"op": "set", "params": [1]}\n', b"\xff" * 70_000):
+        answer = ask(raw)
+        assert answer["ok"] is False and answer["error"], raw[:40]
+    status = routed.path_status()
+    assert status is not None and len(daemons(routed)) == 1
+    assert {d["params"]["loss"] for d in status["directions"].values()} == {0.1}
