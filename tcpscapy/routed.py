@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class RoutedLab(Lab):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def up(self, sysctls: Any = ()) -> RoutedLab:
+    def up(self, sysctls: Iterable[tuple[str, str, str]] = ()) -> RoutedLab:
         """Build (or repair) the lab, set the router as the options say, apply sysctls."""
         _require_tools("ip", "ethtool", "iptables")
         self._refuse_other_kind()

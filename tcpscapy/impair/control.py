@@ -9,6 +9,7 @@ it. Found by pid file and, in case that was lost, by looking through the router'
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 START_TIMEOUT = 30.0  # a busy 2-core machine imports scapy-free Python in ~1 s; be generous
 STOP_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
+LOCK_NAME = "path.lock"
 
 
 def _ours(lab: RoutedLab, pid: int) -> bool:
@@ -63,6 +65,14 @@ def start(lab: RoutedLab) -> None:
     lab._present_ns("router")  # LabError if the lab is not up: nothing made before that
     rundir = lab.runtime_dir
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(rundir / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `lab path` at once start one process
+        if not running(lab):
+            _spawn(lab)
+
+
+def _spawn(lab: RoutedLab) -> None:
+    rundir = lab.runtime_dir
     for name in (SOCKET_NAME, PIDFILE_NAME):
         (rundir / name).unlink(missing_ok=True)
     with open(rundir / LOG_NAME, "ab") as log:

@@ -283,7 +283,6 @@ class Daemon:
         with contextlib.suppress(OSError):  # precise timers: the default slack is 50 µs
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
         self.schedule(realtime=True)
-        remove_rules(_local_iptables)  # a killed predecessor's
         # Any socket asking for receive timestamps makes the kernel stamp every packet on
         # arrival (a global switch); nfqueue hands the stamp over with the packet.
         self.stamper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -295,6 +294,7 @@ class Daemon:
                 nfq.bind(q, lambda pkt, d=d: self.take(d, pkt), max_len=QUEUE_MAXLEN,
                          sock_len=8 * 1024 * 1024)
             self.queues[d] = nfq
+        remove_rules(_local_iptables)  # a killed predecessor's (binding proved it is gone)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)

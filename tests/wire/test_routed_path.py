@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,3 +327,23 @@ def test_bad_control_requests_get_an_error_and_change_nothing(routed: RoutedLab)
     status = routed.path_status()
     assert status is not None and len(daemons(routed)) == 1
     assert {d["params"]["loss"] for d in status["directions"].values()} == {0.1}
+
+
+def test_two_starts_at_once_make_one_process(routed: RoutedLab) -> None:
+    errors: list[BaseException] = []
+
+    def start(loss: float) -> None:
+        try:
+            RoutedLab(routed.prefix).path(loss=loss)
+        except BaseException as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(x,)) for x in (0.1, 0.2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(daemons(routed)) == 1
+    rules = routed.run("router", ["iptables", "-t", "mangle", "-S", "FORWARD"],
+                       capture_output=True, text=True).stdout
+    assert rules.count("tcpscapy-path") == 2
