@@ -133,10 +133,10 @@ def path(prefix: str, direction: str, clear: bool, off: bool, as_json: bool,
       tcpscapy lab path --off
     """
     the_lab = _make_lab(prefix)
+    state = _guard(the_lab.status)["state"]  # first: without root, exit 4 says so
     if not isinstance(the_lab, RoutedLab):
         _fail(f"lab {prefix!r} is not a routed lab: run `tcpscapy lab up --routed "
               f"--prefix {prefix}`", EXIT_LAB_ERROR)
-    state = _guard(the_lab.status)["state"]
     if state != "up":
         _fail(f"lab {prefix!r} is {state}: run `tcpscapy lab up --routed --prefix {prefix}`",
               EXIT_LAB_ERROR)

@@ -149,6 +149,7 @@ UNPRIVILEGED: dict[str, list[str]] = {
     "lab status": ["lab", "status", "--prefix", PREFIX],
     "lab exec": ["lab", "exec", "--prefix", PREFIX, "client", "--", "true"],
     "lab flood": ["lab", "flood", "--prefix", PREFIX, "--count", "1"],
+    "lab path": ["lab", "path", "--prefix", PREFIX, "--delay", "10ms"],
 }
 # Commands that work without root and refuse only the calls that need it.
 WORKS_WITHOUT_ROOT = {"shell"}
