@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 prefix_option = click.option(
     "--prefix", default="tcpscapy", show_default=True,
-    help="Namespace name prefix: namespaces are PREFIX-client, -server, -attacker, -sw.",
+    help="Namespace name prefix: namespaces are PREFIX-client, -server, -attacker and -sw "
+         "(flat) or -router (routed).",
 )
 
 
