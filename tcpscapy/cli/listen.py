@@ -278,6 +278,14 @@ class Server:
         for session in sessions:
             self._report(session, None, stopped=True)
 
+    def close_pcap(self) -> None:
+        """Close --pcap under the output lock: a report still writing finishes first
+        (a connection done just before SIGTERM), and later reports write nothing."""
+        with self.out.lock:
+            pcap, self.pcap = self.pcap, None
+            if pcap is not None:
+                pcap.close()
+
     def report(self) -> dict[str, Any]:
         """The summary's figures: connections, bytes, the listener's counters."""
         ip, port = self.listener.local
@@ -464,8 +472,7 @@ def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
         server.stop()
     else:
         listener.close()
-    if pcap is not None:
-        pcap.close()
+    server.close_pcap()
     return server, signum
 
 
