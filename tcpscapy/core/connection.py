@@ -528,9 +528,11 @@ class Connection(SenderMixin):
                 return False
             self._take_window(seg, scaled=True)
             self._enter_established()
-        # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped.
+        # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped and
+        # answered, within the challenge-ACK limit (§7, as Linux): a blind attacker must
+        # not get one ACK out of us per forged segment.
         if seq_gt(ack, self.snd_nxt) or seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
-            self._send_ack_now()
+            self._challenge_ack(now)
             return False
         self._on_ack(seg, now)
         if between(self.snd_una, ack, self.snd_nxt) and (
@@ -750,8 +752,8 @@ class Connection(SenderMixin):
         window = 0
         if not flags & RST:
             wnd = self._window_to_advertise()
-            if flags & SYN:
-                window = min(wnd, 0xFFFF)
+            if flags & SYN:  # never scaled: the right edge is what the field can say
+                window = wnd = min(wnd, 0xFFFF)
             else:
                 window = min(-(-wnd >> self.rcv_wscale), 0xFFFF)  # round up: never shrink
                 wnd = window << self.rcv_wscale
