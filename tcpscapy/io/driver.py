@@ -99,6 +99,7 @@ LINGER = 2.0  # seconds close() waits for our FINs to be acknowledged
 ORPHAN_TRACE = 1000  # entries kept of segments that belong to no connection
 TRACE_LIMIT = 20_000  # entries kept per connection: segments hold their payloads
 NO_ROUTE_HOLD = 5.0  # seconds a failed link open (no ARP answer) is not retried
+NO_ROUTE_MAX = 1024  # failed opens remembered: a flood from random sources adds one each
 _LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 _OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
 
@@ -703,15 +704,22 @@ class Driver:
         A failure is remembered for NO_ROUTE_HOLD s, so a peer that does not
         answer ARP costs the loop one wait, not one per segment.
         """
-        failed = self._no_route.get((src, dst))
+        no_route = self._no_route
+        failed = no_route.pop((src, dst), None)
         now = time.monotonic()
         if failed is not None and now < failed[0]:
+            no_route[(src, dst)] = failed
             raise failed[1]
         try:
             with self._in_namespace():
                 return self._adopt_link((dst, src, None), self._open_link(dst, src, None))
         except OSError as exc:
-            self._no_route[(src, dst)] = (now + NO_ROUTE_HOLD, exc)
+            # Oldest first (each key is re-inserted): drop the expired, then the oldest,
+            # so spoofed sources cannot grow it; keep no traceback (it holds frames).
+            while no_route and (len(no_route) >= NO_ROUTE_MAX
+                                or next(iter(no_route.values()))[0] <= now):
+                del no_route[next(iter(no_route))]
+            no_route[(src, dst)] = (now + NO_ROUTE_HOLD, exc.with_traceback(None))
             raise
 
     def _reap(self) -> None:
