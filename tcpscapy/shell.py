@@ -207,10 +207,16 @@ class ShellConnection:
     def rcv_nxt(self) -> int:
         return int(self.conn.engine.rcv_nxt)
 
-    def send(self, data: bytes | str) -> int:
-        """Queue `data` (a str is sent as UTF-8); returns how many bytes."""
+    def send(self, data: bytes | str, *, urgent: bool = False) -> int:
+        """Queue `data` (a str is sent as UTF-8); returns how many bytes.
+        `urgent=True`: as urgent data (URG; a Linux peer reads its last byte with MSG_OOB)."""
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        return self.conn.send(payload)
+        return self.conn.send(payload, urgent=urgent)
+
+    @property
+    def urgent(self) -> list[int]:
+        """Stream offsets where the peer's urgent data ended (Connection.urgent)."""
+        return self.conn.urgent
 
     def recv(self, max: int = 65536, timeout: float | None = RECV_TIMEOUT) -> bytes:
         """What arrived, up to `max` bytes; b"" if nothing came within `timeout` s or the

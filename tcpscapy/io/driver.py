@@ -133,7 +133,7 @@ class Endpoint:
     """What the driver knows about one engine connection, for the blocking API."""
 
     __slots__ = ("app_closed", "closed", "conn", "connected", "eof", "key", "last_state",
-                 "listener", "port", "refused", "reset", "rx", "trace")
+                 "listener", "port", "refused", "reset", "rx", "trace", "urgent")
 
     def __init__(self, conn: Connection, port: PortUse, trace: Trace,
                  listener: ListenerState | None = None) -> None:
@@ -150,6 +150,7 @@ class Endpoint:
         self.closed = False  # the engine reached CLOSED
         self.app_closed = False  # close() or abort() was called
         self.last_state = State.CLOSED  # the state before CLOSED: tells why it closed
+        self.urgent: list[int] = []  # where the peer's urgent data ended (ev.UrgentData)
 
     @property
     def timed_out(self) -> bool:
@@ -617,6 +618,8 @@ class Driver:
                 ep.connected = True
             elif kind is ev.PeerClosed:
                 ep.eof = True
+            elif kind is ev.UrgentData:
+                ep.urgent.append(event.end)  # type: ignore[attr-defined]
             elif kind is ev.Reset:
                 ep.reset = True
                 ep.refused = event.refused  # type: ignore[attr-defined]
