@@ -99,6 +99,7 @@ LINGER = 2.0  # seconds close() waits for our FINs to be acknowledged
 ORPHAN_TRACE = 1000  # entries kept of segments that belong to no connection
 TRACE_LIMIT = 20_000  # entries kept per connection: segments hold their payloads
 NO_ROUTE_HOLD = 5.0  # seconds a failed link open (no ARP answer) is not retried
+URGENT_KEPT = 64  # urgent-data marks kept per connection for Connection.urgent
 NO_ROUTE_MAX = 1024  # failed opens remembered: a flood from random sources adds one each
 _LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 _OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
@@ -150,7 +151,9 @@ class Endpoint:
         self.closed = False  # the engine reached CLOSED
         self.app_closed = False  # close() or abort() was called
         self.last_state = State.CLOSED  # the state before CLOSED: tells why it closed
-        self.urgent: list[int] = []  # where the peer's urgent data ended (ev.UrgentData)
+        # Where the peer's urgent data ended (ev.UrgentData), the newest URGENT_KEPT: a
+        # peer moving its urgent pointer on every segment must not grow this.
+        self.urgent: deque[int] = deque(maxlen=URGENT_KEPT)
 
     @property
     def timed_out(self) -> bool:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from tcpscapy.api import listen
-from tcpscapy.core.segment import SYN, Segment
+from tcpscapy.core.segment import ACK, SYN, URG, Segment
 from tcpscapy.io import driver as driver_module
 from tcpscapy.io.rawsock import NoRoute
-from tests.io.test_driver_unit import LOCAL, World, wait_until
+from tests.io.test_driver_unit import ECHO_PORT, LOCAL, REMOTE, World, wait_until
 
 PORT = 8080
 SOURCES = 3000
@@ -51,3 +51,22 @@ def test_failed_link_opens_are_remembered_per_source_but_bounded(flooded: World)
     assert 0 < len(remembered) <= driver_module.NO_ROUTE_MAX < SOURCES
     assert all(src.startswith("198.18.") for _, src in remembered)
     server.close()
+
+
+def test_urgent_marks_kept_per_connection_are_bounded() -> None:
+    w = World()
+    try:
+        conn = w.connect()
+        engine = conn.engine
+        for i in range(driver_module.URGENT_KEPT + 16):  # the pointer moves every segment
+            w.net.inject(Segment(REMOTE, LOCAL, ECHO_PORT, engine.local[1],
+                                 (engine.rcv_nxt + i) & 0xFFFFFFFF, engine.snd_nxt,
+                                 URG | ACK, 512, payload=b"u", urgent=1))
+            assert wait_until(lambda i=i: len(conn.trace.segments("in")) >= 3 + i, timeout=10)
+        kept = driver_module.URGENT_KEPT
+        # The newest marks, one per segment, oldest first; the older ones are gone.
+        assert wait_until(lambda: conn.urgent[-1] - conn.urgent[0] == kept - 1), conn.urgent
+        assert len(conn.urgent) == kept
+        assert conn.recv(timeout=2).startswith(b"u")
+    finally:
+        w.driver.close(linger=0.5)
