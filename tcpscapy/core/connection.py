@@ -784,7 +784,9 @@ class Connection(SenderMixin):
             self._ack_now = False
             self._ack_due = None
             self._unacked_bytes = 0
-        pointer = None if flags & (SYN | RST) else self.urgent.pointer_for(seq, self.snd_una)
+        urgent = self.urgent
+        pointer = None if urgent.snd_up is None or flags & (SYN | RST) else \
+            urgent.pointer_for(seq, self.snd_una)  # only in urgent mode: a hot path
         if pointer is not None:
             return Segment(self.local[0], self.remote[0], self.local[1], self.remote[1],
                            seq & MASK, self.rcv_nxt if flags & ACK else 0, flags | URG, window,
