@@ -1,5 +1,6 @@
 """The blocking, socket-like API: tcpscapy.connect() and tcpscapy.listen().
 
+    # in a lab's client host: `tcpscapy lab exec client -- python3 this.py`
     with tcpscapy.connect("10.77.0.2", 7, mss=1000, sack=False) as conn:
         conn.sendall(b"hello")
         print(conn.recv())
@@ -21,11 +22,13 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tcpscapy import errors, netns
+from tcpscapy import errors, lab, netns
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
@@ -43,6 +46,7 @@ from tcpscapy.io.driver import (
     default_driver,
 )
 from tcpscapy.io.tfo_cache import TfoCache
+from tcpscapy.metrics import MetricsRecorder, Sample
 from tcpscapy.trace import Direction, Side, Trace, TraceEntry
 
 __all__ = ["Connection", "Listener", "OnRecord", "connect", "listen", "resolve"]
@@ -199,6 +203,17 @@ def resolve(host: str) -> str:
     return str(infos[0][4][0])
 
 
+def check_lab_destination(ip: str) -> None:
+    """Raise OutsideLab if `ip` is a lab address and this thread is not inside that lab."""
+    subnet = lab.outside_lab(ip)
+    if subnet is not None:
+        raise errors.OutsideLab(
+            f"{ip} is a tcpscapy lab address ({subnet}) and no interface here is on that "
+            "subnet: run inside the lab (`tcpscapy lab exec client -- ...`, or the shell's "
+            "lab_enter(\"client\")), or pass lab_check=False if these are your own "
+            "namespaces", ip=ip, subnet=str(subnet))
+
+
 def _port(port: Any, *, zero_ok: bool) -> int:
     lo = 0 if zero_ok else 1
     if isinstance(port, bool) or not isinstance(port, int) or not lo <= port <= 0xFFFF:
@@ -292,6 +307,11 @@ def _hook_trace(ep: Endpoint, hook: OnRecord | None, maxlen: int | None) -> None
         ep.trace = _HookedTrace(ep.trace, hook, maxlen)
 
 
+def _record_metrics(ep: Endpoint) -> None:
+    """Sample the connection's cwnd, RTT, … as its trace records segments, for plot()."""
+    ep.trace.sampler = MetricsRecorder(ep.conn)
+
+
 def _with_trace(exc: errors.TcpscapyError, ep: Endpoint) -> errors.TcpscapyError:
     """Let a failed connect's exception carry the connection's trace (`exc.trace`)."""
     exc.trace = ep.trace  # type: ignore[attr-defined]
@@ -342,6 +362,30 @@ class Connection:
     @property
     def close_reason(self) -> str:
         return self._ep.conn.close_reason
+
+    @property
+    def metrics(self) -> list[Sample]:
+        """Samples of the sender's state (cwnd, ssthresh, bytes in flight, RTT, RTO, CC
+        phase) taken as segments went by, thinned to a bounded number; see plot()."""
+        sampler = self._ep.trace.sampler
+        with self._driver.lock:
+            return list(sampler.samples) if isinstance(sampler, MetricsRecorder) else []
+
+    def plot(self, path: str | PathLike[str], *, trace: Iterable[TraceEntry] | None = None,
+             direction: Direction | None = None, title: str | None = None) -> Path:
+        """Write an SVG picture of the transfer so far (time-sequence graph, cwnd,
+        ssthresh, bytes in flight, RTT and RTO; see tcpscapy.plot); returns the path.
+        `trace` replaces the connection's own (which keeps the newest trace_limit
+        entries), e.g. a complete record kept by an on_record hook."""
+        from tcpscapy.plot import write_plot_svg
+
+        if trace is None:
+            with self._driver.lock:
+                trace = list(self._ep.trace)
+        out = Path(path)
+        write_plot_svg(trace, out, self.metrics, direction=direction,
+                       title=title or f"tcpscapy {self._name()}")
+        return out
 
     @property
     def driver(self) -> Driver:
@@ -508,7 +552,7 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             driver: Driver | None = None, on_record: OnRecord | None = None,
             data: bytes | bytearray | memoryview = b"", tfo: bool = False,
             tfo_cache: TfoCache | str | os.PathLike[str] | None = None,
-            **options: Any) -> Connection:
+            lab_check: bool = True, **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
@@ -529,10 +573,15 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     the first SYN on, on the thread running the driver loop (keep it quick).
     If the connect fails after the SYN went out, the exception carries the
     connection's trace as `exc.trace` (the SYN and the RST, say).
+
+    An address of a tcpscapy lab subnet (tcpscapy.lab.LAB_SUBNETS) is refused
+    (errors.OutsideLab) unless an interface of the calling thread's namespace is
+    on that subnet: from outside the lab it would go to the real network.
+    `lab_check=False` allows it, for your own namespaces on those addresses.
     """
     ip = resolve(host)
     port = _port(port, zero_ok=False)
-    deadline = _deadline(timeout, "connect")
+    _deadline(timeout, "connect")  # a bad timeout fails before anything is sent
     payload = _data(data)
     cache = _tfo_cache(_flag("tfo", tfo), tfo_cache)
     sport = options.pop("sport", None)
@@ -547,6 +596,11 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
+    if _flag("lab_check", lab_check):  # after the argument checks, before anything is sent
+        # From where the packets would leave: the driver's namespace (the default driver's
+        # is the calling thread's; a driver made in a lab host may be called from outside).
+        with driver._in_namespace() if driver is not None else contextlib.nullcontext():
+            check_lab_destination(ip)
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     attempt = cache.attempt(ip) if cache is not None else None
@@ -560,6 +614,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     conn = Connection(drv, ep)
     with drv.lock:
         _hook_trace(ep, on_record, trace_limit)
+        # Counted from the SYN, as the trace shows it: the driver's and the guard's start-up
+        # before it must not eat into `timeout` (the ladder would end before it).
+        deadline = _deadline(timeout, "connect")
+        _record_metrics(ep)
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:
@@ -659,6 +717,7 @@ class Listener:
                 ep = drv.accept(ls)
                 if ep is not None:
                     _hook_trace(ep, on_record, ls.trace_limit)
+                    _record_metrics(ep)
                     return Connection(drv, ep)
                 if ls.closed:
                     raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -95,10 +96,12 @@ def usage_error(message: str) -> click.UsageError:
 # -- parsing -----------------------------------------------------------------------------
 
 
-def parse_address(text: str, *, host_optional: bool) -> tuple[str | None, int]:
+def parse_address(text: str, *, host_optional: bool, services: bool = False
+                  ) -> tuple[str | None, int]:
     """HOST:PORT (or PORT alone when `host_optional`) -> (host or None, port).
 
-    Port 0 is accepted only with `host_optional` (listen: pick a free port).
+    Port 0 is accepted only with `host_optional` (listen: pick a free port). With
+    `services`, PORT may be a service name of /etc/services (http, ssh, ...).
     """
     text = text.strip()
     if text.startswith("[") or text.count(":") > 1:
@@ -109,6 +112,12 @@ def parse_address(text: str, *, host_optional: bool) -> tuple[str | None, int]:
     if sep and not host:
         raise errors.BadAddress(f"bad address {text!r}: the host is empty")
     lo = 0 if host_optional else 1
+    if services and port_text and not port_text.isdigit():
+        try:
+            return (host or None), socket.getservbyname(port_text, "tcp")
+        except OSError:
+            raise errors.BadAddress(f"bad port {port_text!r} in {text!r}: no such TCP "
+                                    "service in /etc/services") from None
     if not port_text.isdigit() or not lo <= int(port_text) <= 0xFFFF:
         raise errors.BadAddress(f"bad port {port_text!r} in {text!r}: expected {lo}-65535")
     return (host or None), int(port_text)

@@ -45,6 +45,7 @@ from tcpscapy.cli._common import (
     start_worker,
     wait_or_signal,
 )
+from tcpscapy.cli._plot import write_plot
 from tcpscapy.core.stack import ANY
 from tcpscapy.core.state import State
 from tcpscapy.io import workers
@@ -155,6 +156,7 @@ class Server:
         self.once = once
         self.pcap = pcap  # a scapy PcapWriter, or None
         self.svg = svg  # --ladder-svg FILE
+        self.plot_path: str | None = None  # --plot FILE
         self.slots = threading.BoundedSemaphore(max_conns) if max_conns else None
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -168,7 +170,8 @@ class Server:
             while not self.stopping:
                 if self.slots is not None:
                     self.slots.acquire()
-                recorder = Recorder(maxlen=None if self.pcap is not None else TRACE_LIMIT)
+                recorder = Recorder(maxlen=None if self.pcap is not None or self.plot_path
+                                    else TRACE_LIMIT)
                 try:
                     conn = self.listener.accept(on_record=recorder.record)
                 except errors.ConnectionClosed:
@@ -254,6 +257,11 @@ class Server:
             self.pcap.flush()
         if self.svg is not None:
             self._write_svg(trace, conn)
+        if self.plot_path is not None:
+            (lip, lport), (rip, rport) = conn.local, conn.remote
+            write_plot(self.out, conn, trace,
+                       self.plot_path if self.once else svg_path_for(self.plot_path, conn.remote),
+                       f"tcpscapy listen {lip}:{lport} \N{EM DASH} client {rip}:{rport}")
 
     def _write_svg(self, trace: Any, conn: Connection) -> None:
         """The connection's ladder as SVG: FILE itself with --once, else FILE named
@@ -320,8 +328,8 @@ def svg_path_for(base: str, peer: tuple[str, int]) -> str:
     return str(path.with_name(f"{path.stem}-{peer[0]}-{peer[1]}{suffix}"))
 
 
-def _check_svg(path: str, once: bool) -> None:
-    """Fail before listening if --ladder-svg cannot be written (FILE, or its directory)."""
+def _check_svg(path: str, once: bool, option: str = "--ladder-svg") -> None:
+    """Fail before listening if `option`'s FILE cannot be written (FILE, or its directory)."""
     try:
         if once:
             with open(path, "w"):
@@ -329,7 +337,7 @@ def _check_svg(path: str, once: bool) -> None:
         elif not os.access(Path(path).parent, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "directory not writable")
     except OSError as exc:
-        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
+        raise errors.UsageError(f"cannot write {option} {path}: {exc.strerror}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -385,6 +393,9 @@ def _service(echo_flag: bool, discard_flag: bool, file: str | None,
 @click.option("--ladder-svg", "svg_path", metavar="FILE",
               help="Write each connection's ladder as an SVG picture: FILE with --once, "
               "else FILE named after the client (ladder-10.77.0.1-40000.svg).")
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write each connection's time-sequence graph, cwnd and RTT as an SVG "
+              "picture: FILE with --once, else FILE named after the client.")
 @click.option("--json", "as_json", is_flag=True, help="JSON objects on stderr instead of text.")
 @click.option("-v", "--verbose", is_flag=True, help="Each connection's ladder (or its JSON "
               "entries) before its summary line.")
@@ -401,7 +412,7 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            window: int | None, retries: int | None, rto: float | None,
            user_timeout: float | None, keepalive: float | None, syncookies: str,
            tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
-           verbose: bool, absolute: bool, worker_count: int) -> None:
+           verbose: bool, absolute: bool, worker_count: int, plot_path: str | None) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
     tcpscapy's own TCP engine, serving many clients at once. Needs root."""
     out = Output("listen", style="json" if as_json else "ladder", relative=not absolute)
@@ -418,8 +429,11 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
             check_writable(path)
         if svg_path:
             _check_svg(svg_path, once)
+        if plot_path:
+            _check_svg(plot_path, once, "--plot")
         require_net_admin()
-        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path)
+        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path,
+                    plot_path)
         if worker_count > 1:
             sys.exit(_run_workers(worker_count, host, port, plan, pcap_path, out))
         listener = tcpscapy.listen(port, host, backlog=backlog, **options)
@@ -455,6 +469,7 @@ class Plan:
     max_conns: int | None
     once: bool
     svg_path: str | None
+    plot_path: str | None = None
 
 
 def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
@@ -465,6 +480,7 @@ def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
     pcap = _pcap_writer(pcap_path) if pcap_path else None
     server = Server(listener, plan.service, out, verbose=plan.verbose,
                     max_conns=plan.max_conns, once=plan.once, pcap=pcap, svg=plan.svg_path)
+    server.plot_path = plan.plot_path
     announce()
     start_worker(server.run, "tcpscapy-accept")
     signum = wait(server.done)
