@@ -493,8 +493,13 @@ class Connection:
         if ep.closed or ep.app_closed:
             raise self._failure()
 
-    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> int:
-        """Queue all of `data`, blocking while the send buffer is full; returns len(data)."""
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None, *,
+             urgent: bool = False) -> int:
+        """Queue all of `data`, blocking while the send buffer is full; returns len(data).
+
+        `urgent`: `data` is urgent data (TCP's URG and urgent pointer, MSG_OOB in the
+        socket API: a Linux peer's recv(MSG_OOB) then returns its last byte).
+        """
         view = memoryview(data).cast("B")
         total, sent = len(view), 0
         deadline = _deadline(timeout, "send")
@@ -506,7 +511,8 @@ class Connection:
                 space = conn.send_space
                 if sent < total and space:
                     try:
-                        sent += conn.send(bytes(view[sent : sent + space]))
+                        sent += conn.send(bytes(view[sent : sent + space]),
+                                          urgent=urgent and sent + space >= total)
                     except LocalProtocolError:
                         raise errors.ConnectionClosed(
                             f"{self._name()}: cannot send in {conn.state} after shutdown()"
@@ -523,9 +529,18 @@ class Connection:
                     raise errors.TimedOut(f"send timed out after {timeout:g} s with "
                                           f"{total - sent} of {total} bytes not queued")
 
-    def sendall(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+    def sendall(self, data: bytes | bytearray | memoryview, timeout: float | None = None, *,
+                urgent: bool = False) -> None:
         """As send(): every byte is queued when it returns."""
-        self.send(data, timeout)
+        self.send(data, timeout, urgent=urgent)
+
+    @property
+    def urgent(self) -> list[int]:
+        """Where the peer's urgent data ended, each time it sent some (URG): stream
+        offsets (bytes from the start, modulo 2**32), oldest first. The urgent bytes
+        themselves come through recv() in order, as with SO_OOBINLINE."""
+        with self._driver.lock:
+            return list(self._ep.urgent)
 
     def recv(self, max: int = 65536, timeout: float | None = None) -> bytes:
         """Up to `max` received bytes, blocking until there are some; b'' once the peer closed."""

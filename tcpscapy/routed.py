@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ SUBNETS: dict[str, int] = {"client": 1, "server": 2, "attacker": 3}
 ROUTED_HOSTS: tuple[str, ...] = ("client", "server", "attacker", ROUTER)
 PREFIXLEN = 24
 DEFAULT_MTU = 1500
-MIN_MTU, MAX_MTU = 576, 9000  # IPv4's guaranteed datagram size; a jumbo frame
+MIN_MTU, MAX_MTU = 576, DEFAULT_MTU  # IPv4's guaranteed datagram size; the hosts' MTU
 ROUTER_SYSCTLS = (
     ("net.ipv4.ip_forward", "1"),
     # Off, so the attacker's spoofed sources are forwarded like a real router without uRPF.
@@ -140,7 +141,7 @@ class RoutedLab(Lab):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def up(self, sysctls: Any = ()) -> RoutedLab:
+    def up(self, sysctls: Iterable[tuple[str, str, str]] = ()) -> RoutedLab:
         """Build (or repair) the lab, set the router as the options say, apply sysctls."""
         _require_tools("ip", "ethtool", "iptables")
         self._refuse_other_kind()
@@ -170,17 +171,13 @@ class RoutedLab(Lab):
 
     def down(self) -> None:
         """Stop the lab's processes (the path impairment too), remove its namespaces."""
-        from tcpscapy.impair.control import stop  # the impairment builds on this module
-
         _require_tools("ip")
-        stop(self)
+        self.path_off()
         super().down()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         """As Lab.status, with the router's links, forwarding, MTUs, NAT and ICMP filter."""
-        from tcpscapy.impair.control import path_status
-
         _require_tools("ip")
         router_present = netns.exists(self.router_ns)
         links: dict[str, dict[str, Any]] = {}
@@ -214,7 +211,32 @@ class RoutedLab(Lab):
         )
         state = "down" if not any(parts) else "up" if all(parts) and healthy else "partial"
         return {"prefix": self.prefix, "kind": self.kind, "state": state, "router": router,
-                "hosts": hosts, "path": path_status(self) if router_present else None}
+                "hosts": hosts, "path": self.path_status() if router_present else None}
+
+    # -- path impairment (tcpscapy.impair) ---------------------------------------------
+
+    def path(self, direction: str = "both", clear: bool = False, **params: Any) -> dict[str, Any]:
+        """Impair the path through the router, e.g. `lab.path(delay=0.025, loss=0.01)`.
+
+        Parameters as in tcpscapy.impair.model.PathParams (seconds, fractions, bit/s);
+        those not given keep their value (`clear=True`: start from no impairment).
+        `direction`: "to-server", "to-client" or "both". Returns `path_status()`.
+        """
+        from tcpscapy.impair.control import configure
+
+        return configure(self, direction, clear, **params)
+
+    def path_off(self) -> None:
+        """Stop the impairment: the router forwards in the kernel alone again."""
+        from tcpscapy.impair.control import stop
+
+        stop(self)
+
+    def path_status(self) -> dict[str, Any] | None:
+        """The impairment's settings, counters and own delay; None when it is off."""
+        from tcpscapy.impair.control import path_status
+
+        return path_status(self)
 
     # -- internals ---------------------------------------------------------------------
 

@@ -216,13 +216,19 @@ class ShellConnection:
     rto = property(lambda self: self.conn.rto)
     cc_phase = property(lambda self: self.conn.cc_phase)
 
-    def send(self, data: bytes | str) -> None:
+    def send(self, data: bytes | str, *, urgent: bool = False) -> None:
         """Send all of `data` (a str as UTF-8), waiting while the send buffer is full.
+        `urgent=True`: as urgent data (URG; a Linux peer reads its last byte with MSG_OOB).
 
         Returns nothing, so `c.send("hi"); c.recv()` at the prompt shows only
         what came back (len(data) is what was sent)."""
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        self.conn.sendall(payload)
+        self.conn.sendall(payload, urgent=urgent)
+
+    @property
+    def urgent(self) -> list[int]:
+        """Stream offsets where the peer's urgent data ended (Connection.urgent)."""
+        return self.conn.urgent
 
     def recv(self, max: int = 65536, timeout: float | None = RECV_TIMEOUT) -> bytes:
         """What arrived, up to `max` bytes; b"" if nothing came within `timeout` s or the

@@ -132,15 +132,18 @@ def test_connect_help_lists_the_exit_codes() -> None:
     (["8080", "--echo", "--discard"], "--echo and --discard exclude each other"),
     (["8080", "--echo", "--file", "x"], "--echo and --file exclude each other"),
     (["8080", "--file", "x", "--http", "."], "--file and --http exclude each other"),
-    (["8080", "--file", "/no/such/file"], "--file /no/such/file: no such file"),
-    (["8080", "--http", "/no/such/dir"], "--http /no/such/dir: no such directory"),
+    (["8080", "--file", "{tmp}/no/such/file"], "--file {tmp}/no/such/file: no such file"),
+    (["8080", "--http", "{tmp}/no/such/dir"], "--http {tmp}/no/such/dir: no such directory"),
     (["8080", "--syncookies", "sometimes"], "Invalid value for '--syncookies'"),
     (["8080", "--backlog", "0"], "Invalid value for '--backlog'"),
     (["8080", "--max-conns", "0"], "Invalid value for '--max-conns'"),
     (["8080", "--wscale", "x"], "bad --wscale 'x'"),
     (["8080", "--cc", "reno"], "Invalid value for '--cc'"),
 ])
-def test_listen_rejects_bad_usage_in_one_line(args: list[str], message: str) -> None:
+def test_listen_rejects_bad_usage_in_one_line(args: list[str], message: str,
+                                              tmp_path: Path) -> None:
+    args = [a.format(tmp=tmp_path) for a in args]  # bad paths only under tmp_path
+    message = message.format(tmp=tmp_path)
     result = run("listen", *args)
     assert result.exit_code == 2
     line = one_line(result)

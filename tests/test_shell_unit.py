@@ -3,6 +3,7 @@ and injection through a real Driver over the fake network of the driver unit tes
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,16 +258,23 @@ def test_listen_svg_file_names_carry_the_peer() -> None:
 
 
 @pytest.mark.parametrize("extra", [[], ["--once"]])
-def test_listen_rejects_an_unwritable_svg_path_before_listening(extra: list[str]) -> None:
+def test_listen_rejects_an_unwritable_svg_path_before_listening(
+        extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from tcpscapy.cli import main
 
-    res = CliRunner().invoke(main, ["listen", "7", "--ladder-svg", "/nonexistent/dir/x.svg",
-                                    *extra])
+    listen = importlib.import_module("tcpscapy.cli.listen")  # the package names the command
+
+    def refuse() -> None:  # were the path check to pass, stop here: no listening on the host
+        raise errors.NeedsRoot("stub: no network in this test")
+
+    monkeypatch.setattr(listen, "require_net_admin", refuse)
+    bad = tmp_path / "missing" / "x.svg"  # surely absent: a directory this test never made
+    res = CliRunner().invoke(main, ["listen", "7", "--ladder-svg", str(bad), *extra])
     assert res.exit_code == 2
     (line,) = res.output.strip().splitlines()
-    assert "cannot write --ladder-svg /nonexistent/dir/x.svg" in line
+    assert f"cannot write --ladder-svg {bad}" in line
 
 
 # -- the tcpscapy shell command --------------------------------------------------------

@@ -121,11 +121,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_network")
 @pytest.mark.parametrize(("args", "message"), [
-    (["--tfo-cache", "/tmp/x.json"], "--tfo-cache needs --tfo"),
-    (["--ladder-svg", "/nonexistent/dir/x.svg"],
-     "cannot write --ladder-svg /nonexistent/dir/x.svg: No such file or directory"),
+    (["--tfo-cache", "{tmp}/x.json"], "--tfo-cache needs --tfo"),
+    (["--ladder-svg", "{tmp}/missing/x.svg"],
+     "cannot write --ladder-svg {tmp}/missing/x.svg: No such file or directory"),
 ])
-def test_connect_usage_errors(args: list[str], message: str) -> None:
+def test_connect_usage_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    args = [a.format(tmp=tmp_path) for a in args]  # bad paths only under tmp_path
+    message = message.format(tmp=tmp_path)
     result = CliRunner().invoke(main, ["connect", "10.77.0.2:80", *args])
     assert result.exit_code == 2
     assert result.stderr == f"tcpscapy connect: {message}\n"

@@ -34,7 +34,8 @@ KERNEL_CLIENT = r"""
 import socket, sys, time
 start = time.monotonic()
 try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.2) as s:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])),
+                                  timeout=float(sys.argv[3])) as s:
         s.sendall(b"real client")
         print("connected", f"{time.monotonic() - start:.3f}", s.recv(100).decode())
 except OSError as exc:
@@ -77,7 +78,12 @@ def attack_round(lab: Lab, les: Lesson, mode: str,
         with in_thread(attack, "flood") as flooded:
             # The real client comes once the queue is full: the listener turns SYNs away.
             wait_for(lambda: overflowing(listener), 5)
-            result = kernel_python(lab, "client", KERNEL_CLIENT, SERVER, str(port)).stdout.strip()
+            # Without cookies it gives up after 1.2 s (one SYN retransmission, both
+            # during the flood); with cookies it has time to be served even by a
+            # listener on a loaded machine (its echo once took a second).
+            patience = "1.2" if mode == "never" else "10"
+            result = kernel_python(lab, "client", KERNEL_CLIENT, SERVER, str(port),
+                                   patience).stdout.strip()
         stop.set()
     counters = dict(listener.engine.counters)
     listener.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import cost, engine, floor, memory, profiling, syncookies, wire
+from tcpscapy.bench import cost, engine, floor, impair, memory, profiling, syncookies, wire
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -65,6 +65,9 @@ TARGETS: dict[str, Target] = {
     memory.DRIVER_10K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_NO_TRACE_10K: Target("<=", 4096, "≤ 4 KB"),
     cost.KEEPALIVE_TCPSCAPY: Target("<=", 1000, "≤ 1 ms"),
+    impair.RATE: Target(">=", 20_000, "≥ 20,000/s"),
+    impair.ADDED: Target("<=", 1000, "< 1 ms"),
+    impair.OWN_P99: Target("<=", 1000, "< 1 ms"),
 }
 RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("tcpscapy.connect() / kernel connect()", wire.CONNECT_TCPSCAPY, wire.CONNECT_KERNEL,
@@ -94,6 +97,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
      cost.KEEPALIVE_KERNEL, None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
+    ("impairment router: delivered / sent at 20k/s (1% lost on purpose)", impair.PACED,
+     impair.OFFERED, Target(">=", 0.98, "≥ 0.98x")),
 ]
 
 
@@ -245,7 +250,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
     return [*w.figures(), *cost.figures(w), *floor.FIGURES, *syncookies.FIGURES,
-            *memory.figures(w, quick=quick), *engine.FIGURES]
+            *memory.figures(w, quick=quick), *engine.FIGURES, *impair.FIGURES]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,11 +19,13 @@ from tcpscapy.cli.capture import ladder, plot  # noqa: E402
 from tcpscapy.cli.connect import connect  # noqa: E402
 from tcpscapy.cli.guard import guard  # noqa: E402
 from tcpscapy.cli.lab import lab  # noqa: E402
+from tcpscapy.cli.lab_routed import path  # noqa: E402
 from tcpscapy.cli.listen import listen  # noqa: E402
 from tcpscapy.cli.shell import shell  # noqa: E402
 
 main.add_command(guard)
 main.add_command(lab)
+lab.add_command(path)
 main.add_command(connect)
 main.add_command(listen)
 main.add_command(shell)

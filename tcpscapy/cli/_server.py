@@ -147,6 +147,14 @@ class Server:
         for thread in reversed(self._threads):  # the loop first: it queues the last reports
             thread.join(JOIN_WAIT)
 
+    def close_pcap(self) -> None:
+        """Close --pcap under the output lock: a report still writing it finishes first
+        (stop() waits for the reporter only so long), and later reports write nothing."""
+        with self.out.lock:
+            pcap, self.pcap = self.pcap, None
+            if pcap is not None:
+                pcap.close()
+
     # -- the loop thread -----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -334,9 +342,11 @@ class Server:
                                     color=out.color, ascii_only=out.ascii_only))
             lines.append(f"{peer}  in {s.bytes_in} B  out {s.bytes_out} B  "
                          f"{duration:.3f} s  {ended}")
-        if trace is not None and self.pcap is not None:
-            self.pcap.write(list(trace.to_scapy()))
-            self.pcap.flush()
+        if trace is not None:
+            with self.out.lock:  # close_pcap() waits for a write in progress
+                if self.pcap is not None:
+                    self.pcap.write(list(trace.to_scapy()))
+                    self.pcap.flush()
         if trace is not None and self.svg is not None:
             self._write_svg(trace, conn)
         if trace is not None and self.plot_path is not None:

@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 prefix_option = click.option(
     "--prefix", default="tcpscapy", show_default=True,
-    help="Namespace name prefix: namespaces are PREFIX-client, -server, -attacker, -sw.",
+    help="Namespace name prefix: namespaces are PREFIX-client, -server, -attacker and -sw "
+         "(flat) or -router (routed).",
 )
 
 
@@ -180,9 +181,13 @@ def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
 @click.option("--duration", type=click.FloatRange(0, MAX_DURATION, min_open=True),
               default=None, help=f"Stop after this many seconds (at most {MAX_DURATION:g}).")
 @click.option("--seed", type=int, default=None, help="Repeatable sources, ports and ISNs.")
+@click.option("--random-sources", is_flag=True,
+              help="Spoof any unicast address outside the lab subnet (a new one nearly "
+                   "every SYN, as hping3 --rand-source) instead of its unused addresses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def flood(prefix: str, target: str, port: int, count: int, rate: float | None,
-          duration: float | None, seed: int | None, as_json: bool) -> None:
+          duration: float | None, seed: int | None, random_sources: bool,
+          as_json: bool) -> None:
     """SYN flood from the attacker host: spoofed lab-subnet sources, bounded.
 
     Runs only inside the attacker namespace of a lab that is up, aims only at a
@@ -203,7 +208,8 @@ def flood(prefix: str, target: str, port: int, count: int, rate: float | None,
     try:
         with the_lab.enter("attacker"):
             result = floodlib.flood(the_lab.addr(target), port, count, rate=rate,
-                               duration=duration, seed=seed)
+                                    duration=duration, seed=seed,
+                                    random_sources=random_sources)
     except (floodlib.FloodRefused, ValueError) as e:
         _fail(str(e), EXIT_LAB_ERROR)
     except NeedsRoot as e:

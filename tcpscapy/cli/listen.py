@@ -260,8 +260,7 @@ def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
     server.start()
     signum = wait(server.done)
     server.stop()
-    if pcap is not None:
-        pcap.close()
+    server.close_pcap()
     return server, signum
 
 

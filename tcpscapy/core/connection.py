@@ -27,6 +27,7 @@ from .sendbuf import SendBuffer
 from .sending import Recovery, SenderMixin
 from .seq import MASK, between, in_window, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from .state import State
+from .urgent import UrgentPointer
 
 if TYPE_CHECKING:
     from .stack import Listener
@@ -71,7 +72,7 @@ class Connection(SenderMixin):
                  "local", "max_snd_wnd", "on_activity", "passive", "rcv_adv", "rcv_nxt",
                  "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss", "snd_nxt", "snd_una",
                  "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo", "timer_scheduled", "ts_ok",
-                 "ts_recent", "ws_ok")
+                 "ts_recent", "urgent", "ws_ok")
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int],
                  config: Config | None = None) -> None:
@@ -136,6 +137,7 @@ class Connection(SenderMixin):
         self._challenge_count = 0
         self._now = 0.0  # the latest `now` handed in, for timestamps on segments we build
         self.tfo: tfo.FastOpen | None = None  # the Fast Open exchange, if one was tried
+        self.urgent = UrgentPointer()  # SND.UP / RCV.UP (urgent.py)
 
     # ------------------------------------------------------------------ state
 
@@ -260,8 +262,12 @@ class Connection(SenderMixin):
         self.receive(ack, now)
 
     @_application_call
-    def send(self, data: bytes) -> int:
-        """Queue data; returns how many bytes fit in the send buffer (maybe 0)."""
+    def send(self, data: bytes, *, urgent: bool = False) -> int:
+        """Queue data; returns how many bytes fit in the send buffer (maybe 0).
+
+        `urgent`: the bytes taken are urgent data (URG, MUST-30); the urgent pointer
+        marks their end until the peer has acknowledged it.
+        """
         if self._fin_queued or self._state in (State.CLOSED, State.LISTEN) or \
                 not (self._state.can_send or self._state in (State.SYN_SENT, State.SYN_RECEIVED)):
             raise LocalProtocolError(f"cannot send in {self._state}"
@@ -269,6 +275,8 @@ class Connection(SenderMixin):
         taken = self._sendbuf.append(data)
         if taken < len(data):
             self._send_blocked = True
+        if urgent and taken:
+            self.urgent.mark(self._sendbuf.end)
         return taken
 
     @_application_call
@@ -491,7 +499,12 @@ class Connection(SenderMixin):
             self.ts_recent = ts[0]
         if self._state is State.CLOSED:
             return
-        # sixth to eighth: URG is ignored; text; FIN.
+        # sixth: URG (MUST-31): tell the application where urgent data ends; seventh
+        # and eighth: text, FIN.
+        if flags & URG and self._state.can_receive:
+            up = self.urgent.received(original_seq, seg.urgent)
+            if up is not None:
+                self._events.append(ev.UrgentData(seq_diff(up, seq_add(self.irs, 1)) & MASK))
         self._process_text_and_fin(seg, now)
 
     def _trim_to_window(self, seg: Segment) -> Segment | None:
@@ -540,9 +553,11 @@ class Connection(SenderMixin):
                 return False
             self._take_window(seg, scaled=True)
             self._enter_established()
-        # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped.
+        # RFC 5961 §5: ACKs far behind SND.UNA or beyond what we sent are dropped and
+        # answered, within the challenge-ACK limit (§7, as Linux): a blind attacker must
+        # not get one ACK out of us per forged segment.
         if seq_gt(ack, self.snd_nxt) or seq_lt(ack, seq_add(self.snd_una, -self.max_snd_wnd)):
-            self._send_ack_now()
+            self._challenge_ack(now)
             return False
         self._on_ack(seg, now)
         if between(self.snd_una, ack, self.snd_nxt) and (
@@ -768,8 +783,8 @@ class Connection(SenderMixin):
         window = 0
         if not flags & RST:
             wnd = self._window_to_advertise()
-            if flags & SYN:
-                window = min(wnd, 0xFFFF)
+            if flags & SYN:  # never scaled: the right edge is what the field can say
+                window = wnd = min(wnd, 0xFFFF)
             else:
                 window = min(-(-wnd >> self.rcv_wscale), 0xFFFF)  # round up: never shrink
                 wnd = window << self.rcv_wscale
@@ -789,6 +804,13 @@ class Connection(SenderMixin):
             self._ack_now = False
             self._ack_due = None
             self._unacked_bytes = 0
+        urgent = self.urgent
+        pointer = None if urgent.snd_up is None or flags & (SYN | RST) else \
+            urgent.pointer_for(seq, self.snd_una)  # only in urgent mode: a hot path
+        if pointer is not None:
+            return Segment(self.local[0], self.remote[0], self.local[1], self.remote[1],
+                           seq & MASK, self.rcv_nxt if flags & ACK else 0, flags | URG, window,
+                           options, payload, pointer, ecn)
         return Segment(self.local[0], self.remote[0], self.local[1], self.remote[1],
                        seq & MASK, self.rcv_nxt if flags & ACK else 0, flags, window,
                        options, payload, 0, ecn)

@@ -80,3 +80,12 @@ class TfoIgnored(Event):
     goes, after the handshake."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentData(Event):
+    """The peer sent urgent data (URG, RFC 9293 MUST-31/32): it ends before stream
+    byte `end` (bytes from the start of the stream, modulo 2**32). The bytes
+    themselves arrive in order with the rest (DataReceived), as with SO_OOBINLINE."""
+
+    end: int

@@ -99,6 +99,8 @@ LINGER = 2.0  # seconds close() waits for our FINs to be acknowledged
 ORPHAN_TRACE = 1000  # entries kept of segments that belong to no connection
 TRACE_LIMIT = 20_000  # entries kept per connection: segments hold their payloads
 NO_ROUTE_HOLD = 5.0  # seconds a failed link open (no ARP answer) is not retried
+URGENT_KEPT = 64  # urgent-data marks kept per connection for Connection.urgent
+NO_ROUTE_MAX = 1024  # failed opens remembered: a flood from random sources adds one each
 _LINGERING = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 _OPEN = frozenset({State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
 
@@ -132,7 +134,7 @@ class Endpoint:
     """What the driver knows about one engine connection, for the blocking API."""
 
     __slots__ = ("app_closed", "closed", "conn", "connected", "eof", "key", "last_state",
-                 "listener", "port", "refused", "reset", "rx", "trace")
+                 "listener", "port", "refused", "reset", "rx", "trace", "urgent")
 
     def __init__(self, conn: Connection, port: PortUse, trace: Trace,
                  listener: ListenerState | None = None) -> None:
@@ -149,6 +151,9 @@ class Endpoint:
         self.closed = False  # the engine reached CLOSED
         self.app_closed = False  # close() or abort() was called
         self.last_state = State.CLOSED  # the state before CLOSED: tells why it closed
+        # Where the peer's urgent data ended (ev.UrgentData), the newest URGENT_KEPT: a
+        # peer moving its urgent pointer on every segment must not grow this.
+        self.urgent: deque[int] = deque(maxlen=URGENT_KEPT)
 
     @property
     def timed_out(self) -> bool:
@@ -616,6 +621,8 @@ class Driver:
                 ep.connected = True
             elif kind is ev.PeerClosed:
                 ep.eof = True
+            elif kind is ev.UrgentData:
+                ep.urgent.append(event.end)  # type: ignore[attr-defined]
             elif kind is ev.Reset:
                 ep.reset = True
                 ep.refused = event.refused  # type: ignore[attr-defined]
@@ -703,15 +710,22 @@ class Driver:
         A failure is remembered for NO_ROUTE_HOLD s, so a peer that does not
         answer ARP costs the loop one wait, not one per segment.
         """
-        failed = self._no_route.get((src, dst))
+        no_route = self._no_route
+        failed = no_route.pop((src, dst), None)
         now = time.monotonic()
         if failed is not None and now < failed[0]:
+            no_route[(src, dst)] = failed
             raise failed[1]
         try:
             with self._in_namespace():
                 return self._adopt_link((dst, src, None), self._open_link(dst, src, None))
         except OSError as exc:
-            self._no_route[(src, dst)] = (now + NO_ROUTE_HOLD, exc)
+            # Oldest first (each key is re-inserted): drop the expired, then the oldest,
+            # so spoofed sources cannot grow it; keep no traceback (it holds frames).
+            while no_route and (len(no_route) >= NO_ROUTE_MAX
+                                or next(iter(no_route.values()))[0] <= now):
+                del no_route[next(iter(no_route))]
+            no_route[(src, dst)] = (now + NO_ROUTE_HOLD, exc.with_traceback(None))
             raise
 
     def _reap(self) -> None:

@@ -13,7 +13,9 @@ while one with cookies keeps serving, so it is fenced in:
   leading anywhere but the lab link (a default route, say);
 - spoofed sources are unused addresses of the lab subnet (10.77.0.0/24 less the
   hosts' own), so SYN-ACKs to them go nowhere: the server's ARP for them fails,
-  as it would for a real spoofed source;
+  as it would for a real spoofed source; or, with random_sources, any unicast
+  address outside it (a new source nearly every SYN), which the lab hosts have
+  no route to;
 - count and time are capped (MAX_COUNT SYNs, MAX_DURATION seconds).
 
 The lab link is a bridge inside the lab's own switch namespace with no address,
@@ -32,7 +34,9 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from tcpscapy import netns
 from tcpscapy.core.options import Options
@@ -74,6 +78,7 @@ class FloodResult:
     elapsed: float  # seconds from the first SYN to the last
     stopped: str  # why it ended: "count", "duration" or "interrupted"
     sources: int  # size of the spoofed address pool
+    outside: bool = False  # sources drawn from outside the lab subnet (random_sources)
 
     @property
     def rate(self) -> float:
@@ -82,14 +87,16 @@ class FloodResult:
 
     def summary(self) -> str:
         return (f"sent {self.sent} SYNs to {self.target}:{self.port} in {self.elapsed:.2f} s "
-                f"({self.rate:,.0f}/s) from {self.sources} spoofed sources in {LAB_NET}; "
+                f"({self.rate:,.0f}/s) from {self.sources:,} spoofed sources "
+                f"{'outside' if self.outside else 'in'} {LAB_NET}; "
                 f"stopped by {self.stopped}" + (f"; {self.errors} send errors"
                                                  if self.errors else ""))
 
     def as_dict(self) -> dict[str, object]:
         return {"target": self.target, "port": self.port, "sent": self.sent,
                 "errors": self.errors, "elapsed": round(self.elapsed, 6),
-                "rate": round(self.rate, 1), "stopped": self.stopped, "sources": self.sources}
+                "rate": round(self.rate, 1), "stopped": self.stopped, "sources": self.sources,
+                "outside": self.outside}
 
 
 def spoof_pool() -> list[str]:
@@ -99,12 +106,16 @@ def spoof_pool() -> list[str]:
 
 
 def flood(target_ip: str, port: int, count: int, *, rate: float | None = None,
-          duration: float | None = None, seed: int | None = None) -> FloodResult:
+          duration: float | None = None, seed: int | None = None,
+          random_sources: bool = False) -> FloodResult:
     """Send `count` spoofed-source SYNs to target_ip:port from the lab's attacker host.
 
     `rate` caps SYNs per second (None: as fast as the link takes them);
     `duration` caps the run in seconds (at most MAX_DURATION, which also applies
-    when it is None); `seed` makes sources, ports and ISNs repeatable.
+    when it is None); `seed` makes sources, ports and ISNs repeatable;
+    `random_sources` draws each source from all unicast IPv4 outside the lab
+    subnet (as hping3 --rand-source) instead of the lab's unused addresses: a
+    new source nearly every SYN. The frames still stay on the lab link.
     Raises FloodRefused (one line) when not inside a lab attacker namespace or
     for a target outside the lab; ValueError for out-of-range numbers.
     """
@@ -112,8 +123,8 @@ def flood(target_ip: str, port: int, count: int, *, rate: float | None = None,
     lab = _attacker_lab()
     _check_target(lab, target_ip)
     _check_routes()
-    pool = spoof_pool()
     rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+    pool = RandomSources(rng) if random_sources else spoof_pool()
     try:
         link = open_link(target_ip)
     except (LinkError, OSError) as exc:
@@ -122,8 +133,33 @@ def flood(target_ip: str, port: int, count: int, *, rate: float | None = None,
         return _send(link, target_ip, port, count, rate, limit, pool, rng)
 
 
+class RandomSources(Sequence[str]):
+    """Every unicast IPv4 address outside the lab subnet, loopback and 0/8, as a
+    sequence `random.choice` can draw from (nothing is listed)."""
+
+    FIRST, END = 0x01000000, 0xE0000000  # 1.0.0.0 up to multicast (224/4)
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def __len__(self) -> int:
+        return self.END - self.FIRST
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            raise TypeError("RandomSources is drawn from, not sliced")
+        address = ipaddress.IPv4Address(self.FIRST + index)
+        if address in LAB_NET or address.is_loopback:
+            return self[self._rng.randrange(len(self))]  # redraw: rare
+        return str(address)
+
+
 def _send(link: Link, target: str, port: int, count: int, rate: float | None, limit: float,
-          pool: list[str], rng: random.Random) -> FloodResult:
+          pool: Sequence[str], rng: random.Random) -> FloodResult:
     send = link.send
     encode, choice, getrandbits = codec.encode, rng.choice, rng.getrandbits
     sent = errors = 0
@@ -154,7 +190,8 @@ def _send(link: Link, target: str, port: int, count: int, rate: float | None, li
     except KeyboardInterrupt:
         stopped = "interrupted"
     elapsed = time.monotonic() - start
-    return FloodResult(target, port, sent, errors, elapsed, stopped, len(pool))
+    return FloodResult(target, port, sent, errors, elapsed, stopped, len(pool),
+                       isinstance(pool, RandomSources))
 
 
 # -- the fence --------------------------------------------------------------------------

@@ -76,6 +76,14 @@ ROWS: list[tuple[str, str, Inbound, Expected, State]] = [
      lambda b: [("R", b.iss + 7, 0)], State.SYN_RECEIVED),
     ("syn_received", "RST exact", RST_EXACT, NOTHING, State.CLOSED),
     ("syn_received", "RST in window", RST_IN_WINDOW, ACK_BACK, State.SYN_RECEIVED),
+    # The SYN-ACK's window field says at most 65,535 (never scaled): that is the window.
+    ("syn_received", "RST at the SYN-ACK window's last byte",
+     lambda b: from_peer(RST, b.rcv + 0xFFFE), ACK_BACK, State.SYN_RECEIVED),
+    ("syn_received", "RST just past the SYN-ACK's window",
+     lambda b: from_peer(RST, b.rcv + 0xFFFF), NOTHING, State.SYN_RECEIVED),
+    ("syn_received", "data just past the SYN-ACK's window",
+     lambda b: from_peer(PSH | ACK, b.rcv + 0xFFFF, b.iss + 1, b"x"), ACK_BACK,
+     State.SYN_RECEIVED),
     ("syn_received", "SYN again", lambda b: from_peer(SYN, PEER_ISN),
      lambda b: [("SA", b.iss, PEER_ISN + 1)], State.SYN_RECEIVED),
     ("syn_received", "FIN with the third ACK",
@@ -209,3 +217,18 @@ def test_unknown_options_are_ignored() -> None:
     conn.receive(seg, 0.0)
     assert outline(drain(conn)) == [("A", conn.snd_nxt, conn.rcv_nxt)]
     assert conn.rcv_nxt == seq_add(seg.seq, 2)
+
+
+def test_the_rfc_5961_section_5_ack_shares_the_challenge_ack_limit() -> None:
+    """An ACK for data never sent (or far behind SND.UNA) is dropped and answered
+    (RFC 5961 §5.2), but as a challenge ACK: within the §7 limit it shares with the
+    RST and SYN challenges, as Linux does, so forged ACKs cannot draw one ACK each."""
+    conn = states.established(states.CONFIG.with_(challenge_ack_limit=2))
+    before = Before(conn.snd_nxt, conn.rcv_nxt, conn.snd_una, conn.iss)
+    for _ in range(3):
+        conn.receive(ACK_TOO_FAR(before), 1.0)
+    conn.receive(RST_IN_WINDOW(before), 1.0)
+    assert outline(drain(conn, 1.0)) == wrap(ACK_BACK(before) * 2)  # the limit, no more
+    conn.receive(from_peer(ACK, before.rcv, before.una - 2**30), 2.0)  # far behind SND.UNA
+    assert outline(drain(conn, 2.0)) == wrap(ACK_BACK(before))  # a new second, a new budget
+    assert conn.state is State.ESTABLISHED

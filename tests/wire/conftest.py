@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from tcpscapy import netns
-from tcpscapy.lab import Lab
+from tcpscapy.lab import Lab, lab_kind
+from tcpscapy.routed import open_lab
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -47,12 +48,11 @@ def lab_prefix(request: pytest.FixtureRequest) -> str:
 def unique_prefix(lab_prefix: str) -> Iterator[str]:
     """A fresh lab prefix; whatever lab a test builds under it is removed afterwards."""
     prefix = f"{lab_prefix}{secrets.token_hex(3)}"
-    leftover = Lab(prefix)
-    assert not leftover.exists(), f"lab {prefix} already exists"
+    assert lab_kind(prefix) is None and not Lab(prefix).exists(), f"lab {prefix} already exists"
     try:
         yield prefix
     finally:
-        leftover.down()
+        open_lab(prefix).down()  # flat or routed, whichever the test built
 
 
 @pytest.fixture

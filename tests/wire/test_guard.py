@@ -34,6 +34,7 @@ from tcpscapy.io.guard import (
     cleanup_stale,
     status,
 )
+from tests.wire.cli_helpers import _default_sigint
 
 pytestmark = pytest.mark.wire
 
@@ -339,6 +340,7 @@ def guard_process(netns: str) -> Iterator[Callable[[str, int], subprocess.Popen[
         proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-c", GUARD_SCRIPT, backend, str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            preexec_fn=_default_sigint,  # the SIGINT case must work from `pytest &` too
         )  # fmt: skip
         started.append(proc)
         ready, _, _ = select.select([proc.stdout], [], [], 15)

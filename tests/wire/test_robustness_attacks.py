@@ -219,8 +219,10 @@ def test_isns_follow_the_clock_per_tuple_and_look_random_across_tuples(net: Lab)
         expected = (t1 - t0) * TICKS
         assert 0 < step < 1 << 31, "the ISN of a 4-tuple must keep increasing"
         # The trace stamps the SYN when it is sent, a moment after the engine read its
-        # clock for the ISN; a loaded machine stretches that moment to milliseconds.
-        assert abs(step - expected) < 0.02 * TICKS, (step, expected)  # within 20 ms
+        # clock for the ISN; a loaded machine stretches that moment to tens of ms (32 ms
+        # seen with a CPU hog and a load of 20 on 2 cores). 250 ms is still 50,000 ticks
+        # against the ~2**31 of an ISN that did not follow the clock.
+        assert abs(step - expected) < 0.25 * TICKS, (step, expected)
 
     # Different 4-tuples: take the clock out and what is left is the keyed hash.
     def offsets(samples: list[tuple[int, float]]) -> list[int]:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -278,6 +279,20 @@ def read_until_gone(conn: tcpscapy.Connection) -> None:
 # -- a kernel server killed and restarted -------------------------------------------------
 
 
+def wait_for_ack_of_echo(stderr: Any, timeout: float = 20.0) -> bytes:
+    """Read a --json run's stderr until an outgoing segment acknowledges the last
+    4-byte segment that came in; return everything read."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        got += read_until(stderr, b"\n", timeout=max(0.1, deadline - time.monotonic()))
+        whole = got[: got.rfind(b"\n") + 1]
+        objs = json_objects(whole)
+        echoes = [s for s in segments(objs, "in") if s["len"] == 4]
+        if echoes and any(s["ack"] == echoes[-1]["seq"] + 4 for s in segments(objs, "out")):
+            return got  # a partial last line is continued by what is read later
+
+
 def test_a_restarted_kernel_server_resets_us_and_connect_exits_6(net: Lab) -> None:
     old = start_peer(net, "echo")
     proc = tcpscapy_popen(net, "client", "connect", f"{SERVER}:{PORT}", "--json",
@@ -286,6 +301,9 @@ def test_a_restarted_kernel_server_resets_us_and_connect_exits_6(net: Lab) -> No
     proc.stdin.write(b"one\n")
     proc.stdin.flush()
     read_until(proc.stdout, b"one\n")
+    # Our (delayed) ACK of the echo must be out before the server goes: sent later, it
+    # would meet the restarted server first and draw the RST meant for "two".
+    early = wait_for_ack_of_echo(proc.stderr)
 
     # The server host dies silently: nothing it sends while going down reaches us
     # (no FIN, no RST), and the socket is gone for good (ss -K), as after a reboot.
@@ -308,7 +326,7 @@ def test_a_restarted_kernel_server_resets_us_and_connect_exits_6(net: Lab) -> No
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 6, err
     assert out == b""  # "one" was read above; "two" never came back
-    objs = json_objects(err)
+    objs = json_objects(early + err)
     two = [s for s in segments(objs, "out") if s["len"] == 4][-1]  # b"two\n"
     answer = segments(objs, "in")[-1]
     assert answer["flags"] == "R" and answer["seq"] == two["ack"]  # the RST answers it

@@ -149,9 +149,10 @@ UNPRIVILEGED: dict[str, list[str]] = {
     "lab status": ["lab", "status", "--prefix", PREFIX],
     "lab exec": ["lab", "exec", "--prefix", PREFIX, "client", "--", "true"],
     "lab flood": ["lab", "flood", "--prefix", PREFIX, "--count", "1"],
+    "lab path": ["lab", "path", "--prefix", PREFIX, "--delay", "10ms"],
 }
 # Commands that work without root and refuse only the calls that need it.
-WORKS_WITHOUT_ROOT = {"shell"}
+WORKS_WITHOUT_ROOT = {"shell", "plot", "ladder"}
 
 
 def subcommands(group: click.Group, prefix: str = "") -> Iterator[str]:
@@ -179,6 +180,15 @@ def test_without_root_a_command_says_so_in_one_line(command: str) -> None:
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "root" in lines[0] and lines[0].startswith("tcpscapy "), lines
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["plot", "ladder"])
+def test_without_root_the_capture_readers_work(command: str) -> None:
+    missing = f"/tmp/tsm-missing-{secrets.token_hex(4)}.pcap"  # a name nobody can read: no root
+    done = as_nobody([command, missing])
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "root" not in lines[0] and lines[0].startswith(f"tcpscapy {command}:"), lines
 
 
 def test_without_root_the_shell_refuses_each_privileged_call_in_one_line() -> None:

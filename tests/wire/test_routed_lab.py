@@ -209,3 +209,24 @@ def test_cli_up_status_exec_down(unique_prefix: str) -> None:
         assert lab_namespaces(unique_prefix) == []
     finally:
         RoutedLab(unique_prefix).down()
+
+
+def test_the_attacker_reaches_the_client_with_a_spoofed_source(
+        routed: Callable[..., RoutedLab]) -> None:
+    """Off the path, but the router does no reverse-path filtering: blind spoofing works."""
+    lab = routed()
+    server, client = lab.addr("server"), lab.addr("client")
+    with lab.enter("client"):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with lab.enter("attacker"):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with rx, raw:
+        rx.bind((client, 0))
+        rx.settimeout(5)
+        payload = b"spoofed"
+        udp = struct.pack("!HHHH", 53, rx.getsockname()[1], 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                         socket.inet_aton(server), socket.inet_aton(client))
+        raw.sendto(ip + udp, (client, 0))
+        data, (source, port) = rx.recvfrom(64)
+    assert (data, source, port) == (payload, server, 53)

@@ -18,7 +18,7 @@ from tcpscapy.core.segment import RST
 from tcpscapy.core.state import State
 from tcpscapy.lab import Lab, LabError
 from tcpscapy.netns import current_id
-from tests.wire.cli_helpers import close_and_check_nothing_left
+from tests.wire.cli_helpers import _default_sigint, close_and_check_nothing_left
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "tsl"
@@ -177,7 +177,8 @@ def test_listen_writes_each_connections_ladder_as_svg(lab: Lab, tmp_path: Path) 
     base = f"{tmp_path}/ladder.svg"
     server = lab.popen("server", [sys.executable, "-m", "tcpscapy", "listen", "7007",
                                   "--ladder-svg", base, "--max-conns", "4"],
-                       stderr=subprocess.PIPE, text=True)
+                       stderr=subprocess.PIPE, text=True,
+                       preexec_fn=_default_sigint)  # SIGINT below, even from `pytest &`
     assert server.stderr is not None
     assert "listening on" in server.stderr.readline()
     ports = []

@@ -40,7 +40,7 @@ from tcpscapy.core.tfo import derive_key as tfo_key
 from tcpscapy.io import codec
 from tcpscapy.io.driver import close_all, default_driver
 from tcpscapy.io.rawsock import Link, open_link
-from tcpscapy.lab import Lab
+from tcpscapy.lab import HOST_IFACE, Lab
 from tests.wire.cli_helpers import close_and_check_nothing_left
 
 pytestmark = pytest.mark.wire
@@ -251,20 +251,40 @@ def stop_cli_listener(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
 
+FLOOD, RATE, CURL_TIME = 16_000, 2_000, 5  # an 8 s flood; curl gives up after 5 s
+
+
+def rx_packets(lab: Lab, host: str) -> int:
+    """Packets `host`'s lab interface has received so far (read from outside it)."""
+    out = subprocess.run(["ip", "-n", lab.ns(host), "-s", "-j", "link", "show", HOST_IFACE],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
 @pytest.mark.parametrize("mode", ["auto", "never"])
 def test_curl_during_flood(net: Lab, tmp_path: Path, mode: str) -> None:
     (tmp_path / "hello.txt").write_text("hello through the flood\n")
     listener = start_cli_listener(net, mode, tmp_path)
-    # 20,000 SYNs at 5,000/s: the flood lasts 4 s, curl (3 s at most) starts 0.5 s in.
+    # The flood lasts 8 s at least, curl (5 s at most) starts once the first 500 SYNs
+    # have reached the server. 2,000/s fills a backlog of 16 at once, yet leaves a
+    # Python listener on a loaded machine the CPU to serve curl (at 5,000/s, with a CPU
+    # hog beside it, it read 3,450/s and curl's response stalled).
+    before = rx_packets(net, "server")
     attacker = subprocess.Popen([sys.executable, "-m", "tcpscapy", "lab", "flood", "--prefix",
-                                 net.prefix, "--count", "20000", "--rate", "5000", "--json"],
+                                 net.prefix, "--count", str(FLOOD), "--rate", str(RATE), "--json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        # curl starts once the flood reaches the server (the flood's own start-up takes
+        # most of a second, more on a busy machine), not after a guessed delay.
+        deadline = time.monotonic() + 30
+        while rx_packets(net, "server") < before + 500 and attacker.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert attacker.poll() is None, "the flood ended before curl started"
-        curl = net.run("client", ["curl", "-sS", "--max-time", "3", "-o", "-",
+        assert rx_packets(net, "server") >= before + 500, "the flood never reached the server"
+        curl = net.run("client", ["curl", "-sS", "--max-time", str(CURL_TIME), "-o", "-",
                                   f"http://{SERVER}:{PORT}/hello.txt"],
-                       capture_output=True, text=True, timeout=10)
+                       capture_output=True, text=True, timeout=CURL_TIME + 10)
         flooding = attacker.poll() is None
         out, err = attacker.communicate(timeout=30)
     finally:
@@ -272,14 +292,14 @@ def test_curl_during_flood(net: Lab, tmp_path: Path, mode: str) -> None:
             attacker.kill()
             attacker.wait()
     assert attacker.returncode == 0, err
-    assert json.loads(out)["sent"] == 20000
+    assert json.loads(out)["sent"] == FLOOD
     assert flooding, "curl finished after the flood: no contrast shown"
     summary = next(o for o in stop_cli_listener(listener) if o.get("type") == "summary")
     counters = summary["counters"]
     assert isinstance(counters, dict)
     assert counters["syns_received"] > 1000
     if mode == "auto":
-        assert curl.returncode == 0, curl.stderr
+        assert curl.returncode == 0, (curl.stderr, counters)
         assert curl.stdout == "hello through the flood\n"
         assert counters["cookies_sent"] > 0
         assert counters["cookies_validated"] >= 1
