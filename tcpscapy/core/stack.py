@@ -292,24 +292,24 @@ class Stack:
         else:
             self._reply_reset(seg)
 
-    def receive_icmp(self, err: IcmpError, now: float) -> Connection | None:
+    def receive_icmp(self, err: IcmpError, now: float) -> str:
         """An ICMP error quoting a segment (see core/icmp.py, core/path.py).
 
-        Returns the connection it counted for, or None if it was dropped: no
-        connection has the quoted 4-tuple, its sequence number is outside
-        SND.UNA..SND.NXT (RFC 5927), or it asks nothing of us. `icmp_counters`
-        says which.
+        Returns "" if it counted for the connection with the quoted 4-tuple,
+        else why it was dropped, which is also the name of the counter in
+        `icmp_counters` it went to: no such connection, a sequence number
+        outside SND.UNA..SND.NXT (RFC 5927), nothing to act on.
         """
         counters = self.icmp_counters
         counters["icmp_received"] += 1
         conn = self._conns.get((err.src, err.sport, err.dst, err.dport))
         if conn is None:
-            counters["icmp_no_connection"] += 1
-            return None
-        self._dirty[conn] = None  # it may have events, a close or segments to resend
-        why = conn.receive_icmp(err, now, self.pmtu)
+            why = "icmp_no_connection"
+        else:
+            self._dirty[conn] = None  # it may have events, a close or segments to resend
+            why = conn.receive_icmp(err, now, self.pmtu)
         counters[why or "icmp_accepted"] += 1
-        return None if why else conn
+        return why
 
     @staticmethod
     def _may_reuse_time_wait(conn: Connection, seg: Segment) -> bool:

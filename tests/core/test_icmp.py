@@ -63,7 +63,7 @@ HARD = [(3, 2), (3, 3), (3, 9), (3, 10), (3, 13)]
 @pytest.mark.parametrize("type_code", SOFT + HARD)
 def test_no_icmp_error_aborts_an_established_connection(type_code: tuple[int, int]) -> None:
     stack, conn = sending()
-    assert stack.receive_icmp(icmp(conn, *type_code), 0.2) is conn
+    assert stack.receive_icmp(icmp(conn, *type_code), 0.2) == ""
     evs = all_events(conn)
     assert [type(e) for e in evs] == [IcmpReceived]
     assert conn.state is State.ESTABLISHED
@@ -77,7 +77,7 @@ def test_a_soft_error_in_syn_sent_is_remembered_and_named_at_the_timeout(
     conn = states.syn_sent(CFG.with_(syn_retries=2))
     stack = stack_with(conn)
     err = icmp(conn, *type_code)
-    assert stack.receive_icmp(err, 0.5) is conn
+    assert stack.receive_icmp(err, 0.5) == ""
     assert conn.state is State.SYN_SENT
     while conn.state is State.SYN_SENT:
         due = stack.get_timer()
@@ -108,7 +108,7 @@ def test_port_unreachable_names_itself() -> None:
 
 def test_source_quench_is_ignored_and_counted() -> None:
     stack, conn = sending()
-    assert stack.receive_icmp(icmp(conn, 4, 0), 0.2) is None
+    assert stack.receive_icmp(icmp(conn, 4, 0), 0.2) == "icmp_ignored"
     assert all_events(conn) == [] and conn.state is State.ESTABLISHED
     assert stack.icmp_counters["icmp_ignored"] == 1
 
@@ -125,7 +125,7 @@ def test_icmp_quoting_a_sequence_number_outside_the_window_changes_nothing(
     stack, conn = sending()
     mss, cwnd = conn.snd_mss, conn.cwnd
     for n, seq in enumerate(_window_edges(conn), 1):
-        assert stack.receive_icmp(icmp(conn, *type_code, seq=seq, mtu=1280), 0.2) is None
+        assert stack.receive_icmp(icmp(conn, *type_code, seq=seq, mtu=1280), 0.2) != ""
         assert stack.icmp_counters["icmp_out_of_window"] == n
     assert all_events(conn) == [] and stack.segments_to_send(0.2) == []
     assert (conn.snd_mss, conn.cwnd, conn.state) == (mss, cwnd, State.ESTABLISHED)
@@ -134,14 +134,15 @@ def test_icmp_quoting_a_sequence_number_outside_the_window_changes_nothing(
 
 def test_the_window_edges_themselves_count() -> None:
     stack, conn = sending()
-    assert stack.receive_icmp(icmp(conn, 3, 1, seq=conn.snd_una), 0.2) is conn
-    assert stack.receive_icmp(icmp(conn, 3, 1, seq=conn.snd_nxt), 0.2) is conn
+    assert stack.receive_icmp(icmp(conn, 3, 1, seq=conn.snd_una), 0.2) == ""
+    assert stack.receive_icmp(icmp(conn, 3, 1, seq=conn.snd_nxt), 0.2) == ""
 
 
 def test_a_hard_error_with_a_bad_sequence_number_does_not_end_syn_sent() -> None:
     conn = states.syn_sent()
     stack = stack_with(conn)
-    assert stack.receive_icmp(icmp(conn, 3, 3, seq=seq_add(conn.iss, 5)), 0.1) is None
+    err = icmp(conn, 3, 3, seq=seq_add(conn.iss, 5))
+    assert stack.receive_icmp(err, 0.1) == "icmp_out_of_window"
     assert conn.state is State.SYN_SENT
 
 
@@ -151,7 +152,7 @@ def test_a_hard_error_with_a_bad_sequence_number_does_not_end_syn_sent() -> None
 def test_icmp_quoting_someone_elses_flow_is_dropped_and_counted(
         other: tuple[str, int, str, int]) -> None:
     stack, conn = sending()
-    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=1280, tuple_=other), 0.2) is None
+    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=1280, tuple_=other), 0.2) == "icmp_no_connection"
     assert stack.icmp_counters == {**stack.icmp_counters, "icmp_received": 1,
                                    "icmp_no_connection": 1, "icmp_accepted": 0}
     assert conn.snd_mss == 1460 and all_events(conn) == []
@@ -163,7 +164,7 @@ def test_frag_needed_lowers_the_mss_and_resends_at_once_without_a_cwnd_cut() -> 
     stack, conn = sending()
     cwnd, ssthresh, rto_due = conn.cwnd, conn.ssthresh, conn._rto_due
     una, nxt = conn.snd_una, conn.snd_nxt
-    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=1280), 0.2) is conn
+    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=1280), 0.2) == ""
     assert conn.snd_mss == 1240
     evs = all_events(conn)
     assert any(isinstance(e, PathMtuChanged) and (e.old_mss, e.new_mss) == (1460, 1240)
@@ -198,7 +199,7 @@ def test_frag_needed_fills_the_cache_for_new_connections_to_that_host() -> None:
                                           (1500, "does not lower"), (1501, "does not lower")])
 def test_mtu_values_that_teach_nothing_change_nothing_and_are_counted(mtu: int, why: str) -> None:
     stack, conn = sending()
-    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=mtu), 0.2) is None
+    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=mtu), 0.2) != ""
     assert conn.snd_mss == 1460 and stack.segments_to_send(0.2) == []
     assert stack.icmp_counters["icmp_mtu_ignored"] == 1 and len(stack.pmtu) == 0
     evs = all_events(conn)
@@ -208,7 +209,7 @@ def test_mtu_values_that_teach_nothing_change_nothing_and_are_counted(mtu: int, 
 def test_mtu_zero_uses_the_rfc_1191_plateaus() -> None:
     stack, conn = sending()
     stack.receive_icmp(icmp(conn, 3, 4, mtu=0, quoted_len=1500), 0.2)
-    assert conn.snd_mss == 1492 - 40 or conn.snd_mss == 1452
+    assert conn.snd_mss == 1492 - 40
     stack.receive_icmp(icmp(conn, 3, 4, mtu=0, quoted_len=1492), 0.3)
     assert conn.snd_mss == 1006 - 40
     stack.receive_icmp(icmp(conn, 3, 4, mtu=0), 0.4)  # no quoted length: below the current
@@ -219,7 +220,7 @@ def test_a_tiny_reported_mtu_stops_at_the_floor() -> None:
     stack, conn = sending()
     stack.receive_icmp(icmp(conn, 3, 4, mtu=296), 0.2)
     assert conn.snd_mss == MIN_PATH_MTU - 40
-    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=100), 0.3) is None  # not lower: ignored
+    assert stack.receive_icmp(icmp(conn, 3, 4, mtu=100), 0.3) != ""  # not lower: ignored
 
 
 def test_pmtu_helpers() -> None:
