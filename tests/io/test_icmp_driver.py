@@ -4,6 +4,7 @@ acts on them, the trace shows them, bad ones are counted."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,9 +14,18 @@ from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.icmp_codec import encode_icmp
 
-from .test_driver_unit import CLOSED_PORT, REMOTE, World, wait_until, world  # noqa: F401
+from .test_driver_unit import CLOSED_PORT, REMOTE, World, wait_until
 
 ROUTER = "10.9.0.254"
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    try:
+        yield w
+    finally:
+        w.driver.close(linger=0.5)
 
 
 def answer_big_packets(world: World, mtu: int, *, icmp: bool = True) -> list[Segment]:
