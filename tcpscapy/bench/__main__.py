@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import engine, floor, memory, profiling, syncookies, wire
+from tcpscapy.bench import engine, floor, memory, pmtu, profiling, syncookies, wire
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -82,6 +82,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
      None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
+    ("20 MB through a 1280-MTU router: tcpscapy / kernel (time)", pmtu.UP_TCPSCAPY,
+     pmtu.UP_KERNEL, Target("<=", 1.5, "≤ 1.5x")),
 ]
 
 
@@ -233,7 +235,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
     return [*w.figures(), *floor.FIGURES, *syncookies.FIGURES, *memory.figures(w, quick=quick),
-            *engine.FIGURES]
+            *engine.FIGURES, *pmtu.FIGURES]
 
 
 def main(argv: list[str] | None = None) -> None:
