@@ -69,3 +69,12 @@ def test_corrupted_errors_never_raise(at: int, junk: bytes) -> None:
     packet = bytearray(encode_icmp(3, 4, "10.1.0.1", OFFENDING, mtu=1280))
     packet[at : at + len(junk)] = junk
     assert isinstance(decode_icmp(bytes(packet)), IcmpError | str)
+
+
+def test_every_segment_we_send_has_df_set() -> None:
+    """Path MTU discovery needs DF on all of them, GSO runs included (the kernel copies the
+    header onto each piece it cuts)."""
+    run = [SEG._replace(seq=SEG.seq + i * 1400) for i in range(3)]
+    for packet in (codec.encode(SEG), codec.encode_offload(SEG), codec.encode_run(run)):
+        assert int.from_bytes(packet[6:8], "big") & 0x4000
+    assert str(codec.to_scapy(SEG).flags) == "DF"
