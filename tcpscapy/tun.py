@@ -17,6 +17,7 @@ relay's exit (or with their namespaces).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import select
@@ -66,10 +67,9 @@ def relay(a: int, b: int, deadline: float) -> None:
                     packet = os.read(fd, 65535)
                 except BlockingIOError:
                     break
-                try:
+                # The other side's queue full, or the device gone: dropped, as on a wire.
+                with contextlib.suppress(OSError):
                     os.write(other[fd], packet)
-                except (BlockingIOError, OSError):
-                    pass  # the other side's queue is full or down: dropped, as on a wire
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tun: {exc}", file=sys.stderr)
         return 1
     print("ready", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         relay(a, b, time.monotonic() + args.lifetime)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
