@@ -595,7 +595,7 @@ class Driver:
         ep = self._eps.get((err.src, err.sport, err.dst, err.dport))
         if ep is None:
             return
-        if why:
+        if why and why != "icmp_mtu_ignored":  # (that one the engine explains in an event)
             ep.trace.record_segment(now, "in", None, f"{err}: dropped ({why})")
         self._dispatch(ep, now)
 

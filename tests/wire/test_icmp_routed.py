@@ -154,10 +154,10 @@ def test_a_spoofed_frag_needed_outside_the_window_changes_nothing(plain: RoutedL
     head = read_until(proc.stderr, b'"new":"ESTABLISHED"', timeout=30)
     spoof = f"""
 from scapy.all import IP, ICMP, IPerror, TCPerror, send
-for seq in range(0, 2**32, 2**28):  # 16 guesses spread over the sequence space
-    send(IP(src="{server}", dst="{client}") / ICMP(type=3, code=4, nexthopmtu=576) /
-         IPerror(src="{client}", dst="{server}", len=1500) /
-         TCPerror(sport={sport}, dport={port}, seq=seq), verbose=0)
+send([IP(src="{server}", dst="{client}") / ICMP(type=3, code=4, nexthopmtu=576) /
+      IPerror(src="{client}", dst="{server}", len=1500) /
+      TCPerror(sport={sport}, dport={port}, seq=seq)
+      for seq in range(0, 2**32, 2**28)], verbose=0)  # 16 guesses over the sequence space
 """
     assert plain.run("attacker", [sys.executable, "-c", spoof], timeout=60).returncode == 0
     payload = os.urandom(300_000)
