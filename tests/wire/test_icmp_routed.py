@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tcpscapy.routed import RoutedLab
 
+from tcpscapy.routed import RoutedLab
 from tests.wire.cli_helpers import (
     finish,
     json_objects,
