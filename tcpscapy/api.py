@@ -634,6 +634,10 @@ class Listener:
         """The core Listener (counters such as syns_received)."""
         return self._ls.listener
 
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
     def accept(self, timeout: float | None = None, *,
                on_record: OnRecord | None = None) -> Connection:
         """The next established connection, blocking until one arrives.

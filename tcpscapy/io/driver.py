@@ -272,6 +272,12 @@ class Driver:
         with self._lock:
             return list(self._eps.values())
 
+    @property
+    def icmp_counters(self) -> dict[str, int]:
+        """What became of the ICMP errors that came in (the non-zero counters only)."""
+        counters = {**self.stack.icmp_counters, "icmp_malformed": self.stats.icmp_malformed}
+        return {name: n for name, n in counters.items() if n}
+
     def is_ours(self, seg: Segment) -> bool:
         """True if the segment is addressed to a local (ip, port) we hold."""
         ports = self._ports

@@ -123,5 +123,6 @@ def test_malformed_icmp_is_counted_and_harms_nothing(world: World) -> None:
     for packet in [*bad, bytes(corrupt)]:
         world.net.links[0].deliver(packet)
     assert wait_until(lambda: world.driver.stats.icmp_malformed == len(bad) + 1)
+    assert world.driver.icmp_counters == {"icmp_malformed": len(bad) + 1}
     assert conn.engine.path is None
     echo(conn, 5_000)

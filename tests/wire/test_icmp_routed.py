@@ -169,4 +169,7 @@ send([IP(src="{server}", dst="{client}") / ICMP(type=3, code=4, nexthopmtu=576) 
     # Nothing was outstanding while they came: no guess can be in SND.UNA..SND.NXT.
     assert sum(n.endswith("dropped (icmp_out_of_window)") for n in notes) == 16, notes
     assert mss_notes(objs) == [], "the MSS never changed"
+    summary = objs[-1]
+    assert summary["type"] == "summary"
+    assert summary["icmp"] == {"icmp_received": 16, "icmp_out_of_window": 16}
     assert max(s["len"] for s in segments(objs, "out")) == 1448  # 1460 less timestamps
