@@ -53,7 +53,7 @@ def next_mtu(reported: int, quoted_len: int, current: int) -> tuple[int | None, 
         mtu = reported
     mtu = max(mtu, MIN_PATH_MTU)
     if mtu >= current:
-        return None, f"MTU {reported} does not lower the path MTU {current}"
+        return None, f"not below the path MTU {current}"
     return mtu, ""
 
 

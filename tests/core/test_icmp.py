@@ -195,8 +195,8 @@ def test_frag_needed_fills_the_cache_for_new_connections_to_that_host() -> None:
 
 
 @pytest.mark.parametrize(("mtu", "why"), [(1, "impossible"), (67, "impossible"),
-                                          (65535, "does not lower"), (70000, "impossible"),
-                                          (1500, "does not lower"), (1501, "does not lower")])
+                                          (65535, "not below"), (70000, "impossible"),
+                                          (1500, "not below"), (1501, "not below")])
 def test_mtu_values_that_teach_nothing_change_nothing_and_are_counted(mtu: int, why: str) -> None:
     stack, conn = sending()
     assert stack.receive_icmp(icmp(conn, 3, 4, mtu=mtu), 0.2) != ""
