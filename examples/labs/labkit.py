@@ -119,16 +119,21 @@ class Lesson:
         return bool(self.checks) and all(self.checks.values())
 
 
-def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None]) -> NoReturn:
-    """Build a lab, run the lesson in it, remove the lab, print RESULT, exit."""
+def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None], *,
+        make_lab: Callable[[str], Lab] = Lab) -> NoReturn:
+    """Build a lab, run the lesson in it, remove the lab, print RESULT, exit.
+
+    `make_lab(prefix)` builds another kind of lab (tcpscapy.routed.RoutedLab).
+    """
     if not netns.is_privileged():
         print(f"lab {number} needs root (network namespaces, raw sockets): run it as root",
               file=sys.stderr)
         sys.exit(EXIT_NEEDS_ROOT)
     les = Lesson(number, title)
-    lab = Lab(f"lab{secrets.token_hex(3)}")
+    lab = make_lab(f"lab{secrets.token_hex(3)}")
     print(f"Lab {number}: {title}")
-    print(f"(lab {lab.prefix}: client {CLIENT}, server {SERVER}, attacker {ATTACKER})")
+    print(f"(lab {lab.prefix}: client {lab.addr('client')}, server {lab.addr('server')}, "
+          f"attacker {lab.addr('attacker')})")
     started = time.monotonic()
     try:
         lab.up()
