@@ -594,8 +594,9 @@ class Driver:
         if isinstance(err, str):
             self.stats.icmp_malformed += 1
             return
-        if (err.src, err.sport) not in self._ports and (ANY, err.sport) not in self._ports:
-            self.stats.foreign += 1  # about the kernel's own connections
+        ports = self._ports
+        if err is None or ((err.src, err.sport) not in ports and (ANY, err.sport) not in ports):
+            self.stats.foreign += 1  # no error, or about the kernel's own connections
             return
         why = self.stack.receive_icmp(err, now)
         ep = self._eps.get((err.src, err.sport, err.dst, err.dport))

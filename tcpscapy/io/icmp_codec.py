@@ -1,9 +1,11 @@
 """ICMPv4 errors that quote a TCP segment: bytes to core.icmp.IcmpError, and back.
 
-`decode_icmp` never raises: anything that is not a well-formed ICMP error
-quoting an IPv4/TCP header (RFC 792: the IP header and at least the first 8
-bytes of the segment, which hold the ports and the sequence number) comes back
-as the reason in words, for the driver's `icmp_malformed` counter.
+`decode_icmp` never raises. ICMP that is fine but none of TCP's business (an
+echo request, an error about a UDP datagram) comes back as None; anything else
+that is not a well-formed ICMP error quoting an IPv4/TCP header (RFC 792: the
+IP header and at least the first 8 bytes of the segment, which hold the ports
+and the sequence number) as the reason in words, for the driver's
+`icmp_malformed` counter.
 
 `encode_icmp` builds one (tests, the bench's spoofing checks), the way a
 router does: IP header from `reporter`, ICMP header, then the start of the
@@ -33,8 +35,9 @@ def _csum_ok(data: bytes | memoryview) -> bool:
     return total % 0xFFFF == 0
 
 
-def decode_icmp(packet: bytes | bytearray | memoryview) -> IcmpError | str:
-    """The ICMP error in an IPv4 packet, or why it is none we can use."""
+def decode_icmp(packet: bytes | bytearray | memoryview) -> IcmpError | str | None:
+    """The ICMP error about a TCP segment in an IPv4 packet; None for other ICMP; else
+    why it is malformed."""
     data = bytes(packet)
     size = len(data)
     if size < 20:
@@ -52,7 +55,7 @@ def decode_icmp(packet: bytes | bytearray | memoryview) -> IcmpError | str:
         return "bad ICMP checksum"
     type_, code, _csum, _unused, mtu = _ICMP.unpack_from(icmp)
     if type_ not in _ERROR_TYPES:
-        return f"ICMP type {type_} is no error"
+        return None  # echo, timestamp, ...: no error
     quoted = icmp[8:]
     if len(quoted) < 20 + 8:
         return "ICMP error quotes too little"
@@ -61,7 +64,7 @@ def decode_icmp(packet: bytes | bytearray | memoryview) -> IcmpError | str:
     if q_ver_ihl >> 4 != 4 or q_ihl < 20 or len(quoted) < q_ihl + 8:
         return "ICMP error quotes a bad IP header"
     if q_proto != IPPROTO_TCP:
-        return "ICMP error about another protocol"
+        return None  # about UDP or another protocol
     sport, dport, seq = _QUOTED_TCP.unpack_from(quoted, q_ihl)
     if not (type_ == DEST_UNREACHABLE and code == FRAG_NEEDED):
         mtu = 0

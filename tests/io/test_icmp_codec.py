@@ -37,10 +37,10 @@ def test_what_scapy_builds_is_read_the_same() -> None:
 
 def test_not_our_business_is_said_in_words() -> None:
     echo = bytes(IP(src="1.2.3.4", dst="10.1.0.2") / ICMP(type=8))
-    assert decode_icmp(echo) == "ICMP type 8 is no error"
+    assert decode_icmp(echo) is None  # fine, but none of TCP's business
     udp = bytes(IP(src="1.2.3.4", dst="10.1.0.2") / ICMP(type=3, code=3) /
                 IP(src="10.1.0.2", dst="1.2.3.4", proto=17) / (b"\0" * 8))
-    assert decode_icmp(udp) == "ICMP error about another protocol"
+    assert decode_icmp(udp) is None
     tcp = bytes(IP() / TCP())
     assert decode_icmp(tcp) == "not ICMP"
     bad = bytearray(encode_icmp(3, 4, "10.1.0.1", OFFENDING, mtu=1280))
@@ -60,7 +60,7 @@ def test_every_truncation_is_rejected_without_raising() -> None:
 @given(st.binary(max_size=120))
 def test_random_bytes_never_raise(data: bytes) -> None:
     result = decode_icmp(data)
-    assert isinstance(result, IcmpError | str)
+    assert result is None or isinstance(result, IcmpError | str)
 
 
 @settings(max_examples=300, deadline=None)
@@ -68,7 +68,8 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 def test_corrupted_errors_never_raise(at: int, junk: bytes) -> None:
     packet = bytearray(encode_icmp(3, 4, "10.1.0.1", OFFENDING, mtu=1280))
     packet[at : at + len(junk)] = junk
-    assert isinstance(decode_icmp(bytes(packet)), IcmpError | str)
+    result = decode_icmp(bytes(packet))
+    assert result is None or isinstance(result, IcmpError | str)
 
 
 def test_every_segment_we_send_has_df_set() -> None:

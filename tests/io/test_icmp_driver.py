@@ -120,9 +120,12 @@ def test_malformed_icmp_is_counted_and_harms_nothing(world: World) -> None:
     bad = [good[:cut] for cut in (10, 21, 30, 47, len(good) - 1)]
     corrupt = bytearray(good)
     corrupt[30] ^= 0x55  # the quoted header: the ICMP checksum no longer matches
-    for packet in [*bad, bytes(corrupt)]:
+    echo = bytes.fromhex("4500001c000040004001") + bytes(10) + \
+        bytes.fromhex("0800f7ff00000000")  # a ping: no error, not counted as malformed
+    for packet in [*bad, bytes(corrupt), echo]:
         world.net.links[0].deliver(packet)
     assert wait_until(lambda: world.driver.stats.icmp_malformed == len(bad) + 1)
+    assert wait_until(lambda: world.driver.stats.foreign >= 1)  # the ping
     assert world.driver.icmp_counters == {"icmp_malformed": len(bad) + 1}
     assert conn.engine.path is None
     echo(conn, 5_000)
