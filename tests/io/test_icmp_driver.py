@@ -120,9 +120,9 @@ def test_malformed_icmp_is_counted_and_harms_nothing(world: World) -> None:
     bad = [good[:cut] for cut in (10, 21, 30, 47, len(good) - 1)]
     corrupt = bytearray(good)
     corrupt[30] ^= 0x55  # the quoted header: the ICMP checksum no longer matches
-    echo = bytes.fromhex("4500001c000040004001") + bytes(10) + \
+    ping = bytes.fromhex("4500001c000040004001") + bytes(10) + \
         bytes.fromhex("0800f7ff00000000")  # a ping: no error, not counted as malformed
-    for packet in [*bad, bytes(corrupt), echo]:
+    for packet in [*bad, bytes(corrupt), ping]:
         world.net.links[0].deliver(packet)
     assert wait_until(lambda: world.driver.stats.icmp_malformed == len(bad) + 1)
     assert wait_until(lambda: world.driver.stats.foreign >= 1)  # the ping
