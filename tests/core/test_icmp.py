@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tcpscapy.bulk import pattern
+from tcpscapy.bulk import check_limits, pattern
 from tcpscapy.core import Closed, Config, State
 from tcpscapy.core.connection import Connection
 from tcpscapy.core.events import Event, IcmpReceived, PathMtuChanged
@@ -241,15 +243,20 @@ def test_pmtu_helpers() -> None:
 
 def _upload(size: int, *, mtu: int, icmp_on: bool, config: Config = CFG,
             timeout: float = 600.0, shutdown: bool = True) -> tuple[Network, Connection, bytes]:
+    """`size` bytes up from A to B through a link of `mtu` bytes; the windows are checked
+    after every step (bulk.check_limits)."""
     client, server = Stack(config), Stack(config)
     net = Network({A: client, B: server}, mtu=mtu, icmp=icmp_on)
     listener = server.listen(B, 80)
     conn = client.connect(CLIENT, SERVER, 0.0)
     data = pattern(size, 9)
     got = bytearray()
-    state = {"sent": 0, "peer": None}
+    state: dict[str, Any] = {"sent": 0, "peer": None, "snd_nxt": conn.snd_nxt}
+    violations: list[str] = []
 
     def step(_: Network) -> None:
+        check_limits(conn, state["snd_nxt"], violations)
+        state["snd_nxt"] = conn.snd_nxt
         if state["peer"] is None:
             state["peer"] = listener.accept()
         if conn.state is State.ESTABLISHED and state["sent"] < size:
@@ -265,6 +272,7 @@ def _upload(size: int, *, mtu: int, icmp_on: bool, config: Config = CFG,
 
     net.on_step = step
     net.run(lambda: len(got) == size and conn.snd_una == conn.snd_nxt, timeout=timeout)
+    assert violations == []
     return net, conn, bytes(got)
 
 
