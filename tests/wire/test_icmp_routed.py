@@ -173,3 +173,18 @@ send([IP(src="{server}", dst="{client}") / ICMP(type=3, code=4, nexthopmtu=576) 
     assert summary["type"] == "summary"
     assert summary["icmp"] == {"icmp_received": 16, "icmp_out_of_window": 16}
     assert max(s["len"] for s in segments(objs, "out")) == 1448  # 1460 less timestamps
+
+
+def test_a_soft_error_is_named_when_connect_times_out(plain: RoutedLab) -> None:
+    """Host unreachable is soft (RFC 1122): the SYN is retried, and the time-out says why."""
+    server, router, port = plain.addr("server"), plain.gateway("client"), 7301
+    rule = ["FORWARD", "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with",
+            "icmp-host-unreachable", "-m", "comment", "--comment", "tcpscapy-lab"]
+    assert plain.run("router", ["iptables", "-A", *rule]).returncode == 0
+    result = tcpscapy_run(plain, "client", "connect", f"{server}:{port}", "--timeout", "2.5",
+                          "--rto", "0.5", "--send", "x", timeout=30)
+    assert result.returncode == 5, result.stderr  # not 10: a soft error ends nothing
+    text = result.stderr.decode()
+    assert "ICMP host unreachable from" in text  # (the router rate-limits its ICMP: 1/s)
+    assert text.strip().endswith(f"timed out after 2.5 s (last ICMP: host unreachable from "
+                                 f"{router})")
