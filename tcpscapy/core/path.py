@@ -10,9 +10,13 @@ happens, so an idle connection costs nothing more).
   it only refused the size (Linux's tcp_simple_retransmit does the same).
 - Black holes (RFC 4821 / RFC 8899 ideas, like Linux's tcp_mtu_probing): when
   ICMP is filtered, a full-size segment is lost silently every time.
-  BLACKHOLE_RTOS consecutive timeouts with a full segment outstanding and
-  nothing acknowledged step the MSS down (to RFC 8899's BASE_PLPMTU of 1200
-  bytes, then halving, never below pmtu.MIN_MSS), so the transfer continues.
+  BLACKHOLE_RTOS consecutive timeouts with a full segment outstanding step the
+  MSS down (to RFC 8899's BASE_PLPMTU of 1200 bytes, then halving, never below
+  pmtu.MIN_MSS), so the transfer continues. If more than a segment has been
+  acknowledged since the MSS was last set, the path has carried that size, and
+  plain loss is the likelier cause: then it takes BLACKHOLE_RTOS_AFTER_PROGRESS
+  timeouts in a row (a path that shrank mid-connection), so that a lossy path
+  does not make us send small segments for nothing.
 - Probing back up: RAISE_AFTER seconds after the last step down (RFC 8899's
   PMTU_RAISE_TIMER, Linux's tcp_probe_interval, both 10 minutes) the MSS goes
   back to what the peer allowed; if the path is still small, ICMP or the
@@ -30,13 +34,14 @@ from typing import TYPE_CHECKING
 from . import events as ev
 from . import icmp, pmtu
 from .sending import Recovery
-from .seq import seq_diff
+from .seq import seq_add, seq_diff
 from .state import State
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 BLACKHOLE_RTOS = 2  # consecutive RTOs of a full segment before stepping down
+BLACKHOLE_RTOS_AFTER_PROGRESS = 6  # the same once this size has carried data (~1 min)
 BASE_MSS = 1200 - pmtu.HEADERS  # RFC 8899 §5.1.2 BASE_PLPMTU for IPv4
 RAISE_AFTER = 600.0
 
@@ -44,13 +49,15 @@ RAISE_AFTER = 600.0
 class PathState:
     """Per-connection path facts; created on first use."""
 
-    __slots__ = ("last_icmp", "lowered_at", "mss_cap", "peer_mss", "raise_after")
+    __slots__ = ("last_icmp", "lowered_at", "mss_cap", "mss_set_una", "peer_mss",
+                 "raise_after")
 
     def __init__(self) -> None:
         self.last_icmp = ""  # the last soft error in words, for the time-out message
         self.mss_cap: int | None = None  # what the path allows, if smaller than the peer
         self.peer_mss: int | None = None  # the MSS negotiated before any cap
         self.lowered_at: float | None = None  # when the cap last came down
+        self.mss_set_una: int | None = None  # SND.UNA when the MSS last changed
         self.raise_after = RAISE_AFTER
 
 
@@ -112,6 +119,10 @@ class PathMixin:
         """After an RTO in a synchronized state: is a black hole eating full segments?"""
         if self._retries < BLACKHOLE_RTOS or self.snd_mss <= pmtu.MIN_MSS:
             return
+        since = self.path.mss_set_una if self.path is not None else None
+        carried = seq_diff(self.snd_una, seq_add(self.iss, 1) if since is None else since)
+        if carried > self.max_payload() and self._retries < BLACKHOLE_RTOS_AFTER_PROGRESS:
+            return  # this size got through before: more likely plain loss
         if seq_diff(self.snd_nxt, self.snd_una) < self.max_payload():
             return  # nothing full-size is stuck: no MTU problem
         mss = BASE_MSS if self.snd_mss > BASE_MSS else max(self.snd_mss // 2, pmtu.MIN_MSS)
@@ -126,6 +137,7 @@ class PathMixin:
         path.mss_cap = None
         if path.peer_mss is not None and path.peer_mss > self.snd_mss:
             old, self.snd_mss = self.snd_mss, path.peer_mss
+            path.mss_set_una = self.snd_una
             self._events.append(ev.PathMtuChanged(old, self.snd_mss, "probing the full size"))
 
     # ------------------------------------------------------------ helpers
@@ -148,6 +160,7 @@ class PathMixin:
         path.lowered_at = now
         if mss < self.snd_mss:
             old, self.snd_mss = self.snd_mss, mss
+            path.mss_set_una = self.snd_una
             self._events.append(ev.PathMtuChanged(old, mss, why))
 
     def _resend_outstanding(self: Connection) -> None:

@@ -311,3 +311,19 @@ def test_after_a_black_hole_the_full_size_is_tried_again_later() -> None:
     assert conn.snd_mss == 1460
     assert max(len(d.segment.payload) for d in net.log if d.time >= raised_at) == 1460
     assert any(isinstance(e, PathMtuChanged) and e.new_mss == 1460 for e in all_events(conn))
+
+
+def test_timeouts_after_this_size_carried_data_are_taken_for_loss() -> None:
+    """Once full segments got through, two timeouts in a row are likelier plain loss: only
+    a long run of them (a path that shrank mid-connection) steps the MSS down."""
+    net, conn, got = _upload(100_000, mtu=1500, icmp_on=False, shutdown=False)
+    assert got == pattern(100_000, 9) and conn.snd_mss == 1460
+    net.drop = lambda seg: seg.src == A and len(seg.payload) > 0  # everything, for a while
+    conn.send(pattern(20_000, 5))
+    net.run(lambda: conn._retries >= 3, timeout=60)
+    assert conn.snd_mss == 1460  # three timeouts: still taken for loss
+    net.drop = lambda seg: seg.src == A and len(seg.payload) > 1160  # now it shrank
+    assert net.run(lambda: conn.snd_una == conn.snd_nxt, timeout=600)
+    assert conn.snd_mss == 1160
+    changes = [e for e in all_events(conn) if isinstance(e, PathMtuChanged)]
+    assert [c.reason for c in changes] == ["black hole? 6 timeouts of full segments"]
