@@ -77,11 +77,13 @@ def upload_seconds(mode: str, size: int = SIZE, mtu: int = MTU) -> float:
         port = sink.stdout.readline().strip()
         if not port:
             raise RuntimeError("the kernel sink did not start")
-        run = lab.run("client", [sys.executable, "-c", CLIENT, mode, lab.addr("server"), port,
-                                 str(size)], capture_output=True, text=True, timeout=TIMEOUT)
-        if run.returncode != 0:
-            raise RuntimeError(f"{mode} upload failed: {run.stderr.strip()[-300:]}")
-        return float(run.stdout.strip())
+        client = lab.popen("client", [sys.executable, "-c", CLIENT, mode, lab.addr("server"),
+                                      port, str(size)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = client.communicate(timeout=TIMEOUT)
+        if client.returncode != 0:
+            raise RuntimeError(f"{mode} upload failed: {err.strip()[-300:]}")
+        return float(out.strip())
     finally:
         lab.down()
 
