@@ -429,6 +429,8 @@ class Connection:
         reason = ep.conn.close_reason or "closed"
         if ep.refused:
             return errors.ConnectionRefused(f"connection to {rip}:{rport} refused")
+        if ep.conn.close_cause == "unreachable":
+            return errors.DestinationUnreachable(f"connect to {rip}:{rport}: {reason}")
         if ep.reset:
             return errors.ConnectionReset(f"{self._name()}: connection reset by the peer")
         if ep.timed_out:
@@ -655,8 +657,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             raise
         if not ep.connected and not done:
             _give_up(drv, ep)
+            path = ep.conn.path
+            icmp = f" (last ICMP: {path.last_icmp})" if path is not None and path.last_icmp else ""
             raise _with_trace(errors.ConnectTimeout(
-                f"connect to {ip}:{port} timed out after {timeout:g} s"), ep)
+                f"connect to {ip}:{port} timed out after {timeout:g} s{icmp}"), ep)
         if not ep.connected:
             raise _with_trace(conn._failure(connecting=True), ep)
         # Copied under the lock; the cache file is written after it is released.

@@ -19,6 +19,7 @@ from .config import Config
 from .errors import LocalProtocolError
 from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
+from .path import PathMixin, PathState
 from .reassembly import Reassembly
 from .rtt import RttEstimator
 from .segment import ACK, FIN, RST, SYN, URG, Segment
@@ -57,7 +58,7 @@ def _application_call(method: Callable[Concatenate[Connection, P], R]
     return call
 
 
-class Connection(SenderMixin):
+class Connection(SenderMixin, PathMixin):
     """A TCP connection between `local` and `remote` (each (ip, port))."""
 
     # Slots: a connection costs about half the memory of one with a __dict__, which
@@ -67,9 +68,9 @@ class Connection(SenderMixin):
                  "_out", "_reassembly", "_retries", "_rto_due", "_rtt_sent_at", "_rtt_seq",
                  "_send_blocked", "_sendbuf", "_state", "_time_wait_due", "_ts_offset",
                  "_unacked_bytes", "_unread", "close_cause", "close_reason", "config", "irs",
-                 "iss", "listener", "local", "max_snd_wnd", "on_activity", "passive", "rcv_adv",
-                 "rcv_nxt", "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss", "snd_nxt",
-                 "snd_una", "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo",
+                 "iss", "listener", "local", "max_snd_wnd", "on_activity", "passive", "path",
+                 "rcv_adv", "rcv_nxt", "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss",
+                 "snd_nxt", "snd_una", "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo",
                  "timer_scheduled", "ts_ok", "ts_recent", "urgent", "ws_ok")
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int],
@@ -132,6 +133,7 @@ class Connection(SenderMixin):
         self._now = 0.0  # the latest `now` handed in, for timestamps on segments we build
         self.tfo: tfo.FastOpen | None = None  # the Fast Open exchange, if one was tried
         self.urgent = UrgentPointer()  # SND.UP / RCV.UP (urgent.py)
+        self.path: PathState | None = None  # ICMP and path MTU facts (path.py), once any
 
     # ------------------------------------------------------------------ state
 
@@ -151,6 +153,8 @@ class Connection(SenderMixin):
         if self._state is State.CLOSED:
             return
         self._set_state(State.CLOSED)
+        if cause == "timeout" and self.path is not None and self.path.last_icmp:
+            reason += f" (last ICMP: {self.path.last_icmp})"
         self.close_reason = reason
         self.close_cause = cause
         self._rto_due = self._ack_due = self._time_wait_due = None
@@ -664,6 +668,7 @@ class Connection(SenderMixin):
         self.ts_ok = cfg.timestamps and opts.timestamps is not None
         if self.ts_ok and opts.timestamps is not None:
             self.ts_recent = opts.timestamps[0]
+        self._path_clamp()
 
     def _syn_options(self) -> Options:
         """A SYN offers everything configured; a SYN-ACK only what the peer's SYN agreed."""
@@ -811,6 +816,8 @@ class Connection(SenderMixin):
     def segments_to_send(self, now: float) -> list[Segment]:
         """Everything due now: answers, data the windows allow, FIN, a pending ACK."""
         self._now = now
+        if self.path is not None:
+            self._path_tick(now)
         if self._state in SYNCHRONIZED_SENDING or self.tfo_pending:
             self._send_data(now)
         if self._ack_now and self._state not in (State.CLOSED, State.SYN_SENT, State.LISTEN):
