@@ -18,12 +18,7 @@ is parsed by codec6 with checksums verified:
 
 from __future__ import annotations
 
-import json
-import select
 import socket
-import struct
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -45,62 +40,22 @@ from tcpscapy.io.codec6 import (
     pad_options,
 )
 from tcpscapy.lab import Lab
+from tests.wire.v6_helpers import KERNEL6, Wire, enable_ipv6
 
 pytestmark = pytest.mark.wire
 LAB_PREFIX = "v6"
-CLIENT6, SERVER6 = "fd77::1", "fd77::2"
-ETH_P_IPV6 = 0x86DD
+CLIENT6, SERVER6 = KERNEL6["client"], KERNEL6["server"]
 TFO_KEY = "a0bf63f7-ed803d81-cd641d30-cebc4a90"
-WAIT_S = 5.0  # bound for an answer that normally takes well under a millisecond
-
-
-def mac_of(lab: Lab, host: str) -> bytes:
-    out = subprocess.run(["ip", "-n", lab.ns(host), "-j", "link", "show", "dev", "eth0"],
-                         capture_output=True, text=True, check=True).stdout
-    return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
-
-
-def enable_ipv6(lab: Lab, host: str, addr: str) -> None:
-    for scope in ("all", "default", "lo", "eth0"):
-        lab.sysctl(host, f"net.ipv6.conf.{scope}.disable_ipv6", "0")
-    lab.sysctl(host, "net.ipv6.icmp.ratelimit", "0")  # one error per probe, none held back
-    subprocess.run(["ip", "-n", lab.ns(host), "addr", "add", f"{addr}/64", "dev", "eth0",
-                    "nodad"], check=True, capture_output=True)
-
-
-class Wire:
-    """Frames to the server's MAC and IPv6 frames received, on the client's eth0."""
-
-    def __init__(self, lab: Lab) -> None:
-        with lab.enter("client"):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
-            self.sock.bind(("eth0", ETH_P_IPV6))
-        self.header = mac_of(lab, "server") + mac_of(lab, "client") + struct.pack("!H", ETH_P_IPV6)
-
-    def send(self, packet: bytes) -> None:
-        self.sock.send(self.header + packet)
-
-    def wait(self, match: Callable[[bytes], object]) -> object:
-        """The first non-None match(IPv6 packet) within WAIT_S, else None."""
-        deadline = time.monotonic() + WAIT_S
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if ready:
-                found = match(self.sock.recv(65536)[14:])
-                if found is not None:
-                    return found
-        return None
 
 
 @pytest.fixture
 def wire(lab: Lab) -> Iterator[Wire]:
-    enable_ipv6(lab, "client", CLIENT6)
-    enable_ipv6(lab, "server", SERVER6)
-    w = Wire(lab)
+    enable_ipv6(lab, "client", "server")
+    w = Wire(lab, "client", "server")
     try:
         yield w
     finally:
-        w.sock.close()
+        w.close()
 
 
 def kernel_listener(lab: Lab, fastopen: bool = False) -> socket.socket:
