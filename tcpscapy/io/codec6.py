@@ -34,7 +34,12 @@ from tcpscapy.io.codec import (
     _options_in,
     _options_out,
     _sum16,
+    decode_ex,
+    encode,
+    from_scapy,
+    gso_runs,
     scapy_options,
+    to_scapy,
 )
 
 if TYPE_CHECKING:
@@ -46,12 +51,18 @@ __all__ = [
     "Icmp6Error",
     "decode6",
     "decode6_ex",
+    "decode_any_ex",
     "decode_icmp6",
     "encode6",
     "encode6_offload",
+    "encode6_run",
+    "encode_any",
     "from_scapy6",
+    "from_scapy_any",
+    "gso_runs6",
     "pad_options",
     "to_scapy6",
+    "to_scapy_any",
 ]
 
 IPPROTO_TCP = 6
@@ -158,6 +169,37 @@ def encode6_offload(seg: Segment) -> bytes:
     """As `encode6`, the TCP checksum field holding only the pseudo-header sum for the
     kernel to complete (VIRTIO_NET_HDR_F_NEEDS_CSUM, csum_start 40, csum_offset 16)."""
     return _build6(seg, seg.payload, seg.flags, True, 64, 0, 0, ())
+
+
+def encode6_run(run: Sequence[Segment]) -> bytes:
+    """One packet that the kernel's TCPv6 segmentation (GSO, SKB_GSO_TCPV6) cuts back
+    into `run`, as codec.encode_run for IPv4: the first segment's header, the last one's
+    flags, all payloads joined, the checksum left to the kernel. Group with
+    `gso_runs6`. Each piece is byte-identical to `encode6` of its segment."""
+    first = run[0]
+    if len(run) == 1:
+        return encode6_offload(first)
+    return _build6(first, b"".join(seg.payload for seg in run), run[-1].flags, True, 64, 0, 0,
+                   ())
+
+
+def gso_runs6(segments: Sequence[Segment]) -> list[list[Segment]]:
+    """codec.gso_runs for IPv6, whose 65535-byte limit is on the payload (TCP header and
+    data), not on the packet: 20 bytes more room than IPv4 has."""
+    return gso_runs(segments, _MAX_PAYLOAD + 20)  # gso_runs counts 40 bytes of headers
+
+
+def encode_any(seg: Segment) -> bytes:
+    """`codec.encode` or `encode6`, by the segment's address family."""
+    return encode6(seg) if ":" in seg.src else encode(seg)
+
+
+def decode_any_ex(packet: bytes | bytearray | memoryview, *,
+                  verify_checksum: bool = True) -> Decoded:
+    """`codec.decode_ex` or `decode6_ex`, by the IP version in the first byte."""
+    if packet[:1] and packet[0] >> 4 == 6:
+        return decode6_ex(packet, verify_checksum=verify_checksum)
+    return decode_ex(packet, verify_checksum=verify_checksum)
 
 
 # --- parse ---------------------------------------------------------------------------------
@@ -413,3 +455,15 @@ def from_scapy6(pkt: Packet) -> Segment:
                    ack=tcp.ack, flags=int(tcp.flags) & 0xFF, window=tcp.window,
                    options=parse_options(tcp.self_build()[20:]), payload=payload,
                    urgent=tcp.urgptr)
+
+
+def to_scapy_any(seg: Segment) -> Packet:
+    """`codec.to_scapy` or `to_scapy6`, by the segment's address family (trace, pcap, shell)."""
+    return to_scapy6(seg) if ":" in seg.src else to_scapy(seg)
+
+
+def from_scapy_any(pkt: Packet) -> Segment:
+    """`codec.from_scapy` or `from_scapy6`, by the packet's layers."""
+    from scapy.layers.inet6 import IPv6
+
+    return from_scapy6(pkt) if IPv6 in pkt else from_scapy(pkt)

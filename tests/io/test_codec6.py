@@ -24,8 +24,8 @@ from scapy.layers.inet6 import (
 from scapy.packet import Packet, Raw
 
 from tcpscapy.core.options import Options
-from tcpscapy.core.segment import ACK, PSH, SYN, Segment
-from tcpscapy.io.codec import scapy_options
+from tcpscapy.core.segment import ACK, FIN, PSH, SYN, Segment
+from tcpscapy.io.codec import decode_ex, encode, scapy_options
 from tcpscapy.io.codec6 import (
     DEST_OPTS,
     FRAGMENT,
@@ -36,12 +36,18 @@ from tcpscapy.io.codec6 import (
     Icmp6Error,
     decode6,
     decode6_ex,
+    decode_any_ex,
     decode_icmp6,
     encode6,
     encode6_offload,
+    encode6_run,
+    encode_any,
     from_scapy6,
+    from_scapy_any,
+    gso_runs6,
     pad_options,
     to_scapy6,
+    to_scapy_any,
     v4_equivalent,
 )
 from tests.io.test_codec import options, rfc1071
@@ -295,3 +301,66 @@ def test_v4_equivalents_follow_linux_fatality() -> None:
     assert mapped(3, 0) == (11, 0)
     assert str(Icmp6Error(2, 0, ROUTER, OURS, PEER, 1, 2, 3, 1280)) == (
         f"ICMPv6 packet too big from {ROUTER} (mtu 1280)")
+
+
+# --- GSO runs and the family dispatch -------------------------------------------------------
+
+MSS6 = 1428
+
+
+def kernel_gso6(packet: bytes, mss: int) -> list[bytes]:
+    """What SKB_GSO_TCPV6 makes of a packet: `mss`-byte pieces, seq advanced, PSH and FIN
+    on the last piece only, payload length and TCP checksum recomputed."""
+    head = (packet[52] >> 4) * 4
+    tcp, data = packet[40 : 40 + head], packet[40 + head :]
+    (seq,) = struct.unpack_from("!I", tcp, 4)
+    pieces = []
+    for at in range(0, len(data), mss):
+        last = at + mss >= len(data)
+        hdr = bytearray(tcp)
+        struct.pack_into("!I", hdr, 4, (seq + at) % 2**32)
+        hdr[13] &= 0xFF if last else ~(PSH | FIN) & 0xFF
+        piece = bytes(hdr[:16]) + b"\0\0" + bytes(hdr[18:]) + data[at : at + mss]
+        pseudo = packet[8:40] + struct.pack("!I3xB", len(piece), 6)
+        piece = piece[:16] + struct.pack("!H", rfc1071(pseudo + piece)) + piece[18:]
+        ip = bytearray(packet[:40])
+        struct.pack_into("!H", ip, 4, len(piece))
+        pieces.append(bytes(ip) + piece)
+    return pieces
+
+
+def train6(n: int, start: int, last_flags: int, last_size: int) -> list[Segment]:
+    def seg(seq: int, size: int = MSS6, flags: int = ACK) -> Segment:
+        return Segment("2001:db8::1", "2001:db8::2", 443, 40000, seq % 2**32, 7, flags, 500,
+                       Options(timestamps=(1, 2)), bytes([seq % 251]) * size)
+    return [*(seg(start + i * MSS6) for i in range(n - 1)),
+            seg(start + (n - 1) * MSS6, last_size, last_flags)]
+
+
+@settings(SETTINGS, max_examples=15)  # the reference checksum is slow Python
+@given(st.integers(2, 45), st.integers(1, MSS6), st.sampled_from([ACK, ACK | PSH, ACK | FIN]),
+       st.integers(0, 2**32 - 1))
+def test_a_run_segmented_by_the_kernel_is_each_segment(n: int, last_size: int, last_flags: int,
+                                                        start: int) -> None:
+    run = train6(n, start, last_flags, last_size)
+    assert gso_runs6(run) == [run]
+    pieces = kernel_gso6(encode6_run(run), MSS6)
+    assert pieces == [encode6(seg) for seg in run]
+
+
+def test_ipv6_runs_use_the_payload_limit() -> None:
+    segs = train6(100, 0, ACK, MSS6)
+    runs = gso_runs6(segs)
+    assert [seg for run in runs for seg in run] == segs
+    assert all(len(encode6_run(run)) - 40 <= 0xFFFF for run in runs)
+    assert len(encode6_run(runs[0])) - 40 + MSS6 > 0xFFFF  # one more would not fit
+
+
+def test_dispatch_by_family() -> None:
+    v4 = Segment("10.0.0.1", "10.0.0.2", 1, 2, 3, 4, ACK, 5, payload=b"x")
+    assert encode_any(v4) == encode(v4) and encode_any(SEG) == encode6(SEG)
+    assert decode_any_ex(encode(v4)) == decode_ex(encode(v4)) and decode_any_ex(
+        encode6(SEG)).segment == SEG
+    assert decode_any_ex(b"").reason and decode_any_ex(b"\x60").reason == "truncated IPv6 header"
+    assert bytes(to_scapy_any(SEG)) == encode6(SEG) and bytes(to_scapy_any(v4)) == encode(v4)
+    assert from_scapy_any(IPv6(encode6(SEG))) == SEG
