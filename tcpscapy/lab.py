@@ -31,6 +31,8 @@ ADDRESSES: dict[str, str] = {"client": "10.77.0.1", "server": "10.77.0.2", "atta
 PREFIXLEN = 24
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
+# The namespace that tells which kind of lab a prefix names (the routed lab: tcpscapy.routed).
+KIND_MARKERS: dict[str, str] = {"flat": "sw", "routed": "router"}
 OFFLOADS_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off")
 # IPv6 would add router solicitations, DAD and MLD chatter to every capture.
 QUIET_SYSCTLS = (
@@ -60,6 +62,7 @@ class Lab:
 
     prefix: str = "tcpscapy"
     hosts: tuple[str, ...] = field(default=HOSTS, init=False)
+    kind: str = field(default="flat", init=False)
     _children: list[subprocess.Popen[Any]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,8 +74,8 @@ class Lab:
     # -- names -------------------------------------------------------------------------
 
     def ns(self, host: str) -> str:
-        """Namespace name of `host` (one of client, server, attacker)."""
-        return f"{self.prefix}-{_check_host(host)}"
+        """Namespace name of `host` (one of `self.hosts`)."""
+        return f"{self.prefix}-{self._check_host(host)}"
 
     @property
     def switch_ns(self) -> str:
@@ -83,7 +86,7 @@ class Lab:
 
     def addr(self, host: str) -> str:
         """IPv4 address of `host` on the lab link, without prefix length."""
-        return ADDRESSES[_check_host(host)]
+        return ADDRESSES[self._check_host(host)]
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Lab:
         existed are left for `down()`.
         """
         _require_tools("ip", "ethtool")
+        self._refuse_other_kind()
         created: list[str] = []
         try:
             for name in self.namespaces():
@@ -160,7 +164,8 @@ class Lab:
             h["link_up"] and h["has_address"] for h in hosts.values()
         )
         state = "down" if not any(parts) else "up" if all(parts) and healthy else "partial"
-        return {"prefix": self.prefix, "state": state, "switch": switch, "hosts": hosts}
+        return {"prefix": self.prefix, "kind": self.kind, "state": state, "switch": switch,
+                "hosts": hosts}
 
     def __enter__(self) -> Lab:
         return self.up()
@@ -204,6 +209,18 @@ class Lab:
             yield
 
     # -- internals ---------------------------------------------------------------------
+
+    def _check_host(self, host: str) -> str:
+        if host not in self.hosts:
+            raise LabUsageError(f"unknown host {host!r}: choose one of {', '.join(self.hosts)}")
+        return host
+
+    def _refuse_other_kind(self) -> None:
+        """`up` never mixes a flat and a routed lab under one prefix: their links differ."""
+        kind = lab_kind(self.prefix)
+        if kind not in (None, self.kind):
+            raise LabError(f"lab {self.prefix!r} is up as a {kind} lab: "
+                           f"run `tcpscapy lab down --prefix {self.prefix}` first")
 
     def _present_ns(self, host: str) -> str:
         name = self.ns(host)
@@ -253,10 +270,12 @@ class Lab:
         self._children.clear()
 
 
-def _check_host(host: str) -> str:
-    if host not in ADDRESSES:
-        raise LabUsageError(f"unknown host {host!r}: choose one of {', '.join(HOSTS)}")
-    return host
+def lab_kind(prefix: str) -> str | None:
+    """'flat' or 'routed' by the namespace only that kind has; None if neither exists."""
+    for kind, suffix in KIND_MARKERS.items():
+        if netns.exists(f"{prefix}-{suffix}"):
+            return kind
+    return None
 
 
 def _require_root() -> None:

@@ -14,6 +14,7 @@ from tcpscapy.io import flood as floodlib
 from tcpscapy.io.flood import DEFAULT_COUNT, MAX_COUNT, MAX_DURATION
 from tcpscapy.lab import BRIDGE, HOSTS, Lab, LabError, LabNeedsRoot, LabUsageError
 from tcpscapy.netns import NeedsRoot
+from tcpscapy.routed import DEFAULT_MTU, ROUTED_HOSTS, RoutedLab, open_lab
 
 EXIT_LAB_ERROR = 1
 EXIT_USAGE = 2
@@ -50,7 +51,8 @@ def _guard(action: Callable[[], T]) -> T:
 
 
 def _make_lab(prefix: str) -> Lab:
-    return _guard(lambda: Lab(prefix))
+    """The lab as it is: routed if its router namespace exists, else flat."""
+    return _guard(lambda: open_lab(prefix))
 
 
 def _parse_sysctl(spec: str) -> tuple[str, str, str]:
@@ -58,15 +60,17 @@ def _parse_sysctl(spec: str) -> tuple[str, str, str]:
     key, eq, value = rest.partition("=")
     if not (sep and eq and key):
         _fail(f"bad --sysctl {spec!r}: expected HOST:KEY=VALUE", EXIT_USAGE)
-    if host not in HOSTS:
-        _fail(f"bad --sysctl {spec!r}: unknown host {host!r} ({', '.join(HOSTS)})", EXIT_USAGE)
+    if host not in ROUTED_HOSTS:
+        _fail(f"bad --sysctl {spec!r}: unknown host {host!r} ({', '.join(ROUTED_HOSTS)})",
+              EXIT_USAGE)
     return host, key, value
 
 
 @click.group(cls=Group, epilog=_EXIT_CODES)
 def lab() -> None:
     """Network-namespace lab: hosts client (10.77.0.1), server (10.77.0.2) and attacker
-    (10.77.0.3) on one bridged link. Needs root."""
+    (10.77.0.3) on one bridged link; or, with `up --routed`, client (10.78.1.2), server
+    (10.78.2.2) and attacker (10.78.3.2) on three subnets behind a router. Needs root."""
 
 
 @lab.command(epilog=_EXIT_CODES)
@@ -75,9 +79,34 @@ def lab() -> None:
     "--sysctl", "sysctls", multiple=True, metavar="HOST:KEY=VALUE",
     help="Per-host net.* sysctl, e.g. server:net.ipv4.tcp_syncookies=2. Repeatable.",
 )
-def up(prefix: str, sysctls: tuple[str, ...]) -> None:
-    """Create the lab, or repair an existing one, then apply sysctls."""
-    the_lab = _make_lab(prefix)
+@click.option("--routed", is_flag=True,
+              help="Client and server on two subnets with a forwarding router between.")
+@click.option("--mtu-client-side", type=int, default=None, metavar="N",
+              help="Routed: MTU of the router's route onto the client's link (default 1500).")
+@click.option("--mtu-server-side", type=int, default=None, metavar="N",
+              help="Routed: MTU of the router's route onto the server's link (default 1500).")
+@click.option("--nat", is_flag=True, help="Routed: MASQUERADE toward the server.")
+@click.option("--drop-icmp", is_flag=True,
+              help="Routed: drop the router's 'fragmentation needed' (a PMTU black hole).")
+def up(prefix: str, sysctls: tuple[str, ...], routed: bool, mtu_client_side: int | None,
+       mtu_server_side: int | None, nat: bool, drop_icmp: bool) -> None:
+    """Create the lab, or repair an existing one, then apply sysctls.
+
+    \b
+    Routed: the router's MTUs, NAT and ICMP filter end up as this call says.
+    Example: tcpscapy lab up --routed --mtu-server-side 1280 --drop-icmp
+    """
+    routed_only = {"--mtu-client-side": mtu_client_side is not None,
+                   "--mtu-server-side": mtu_server_side is not None,
+                   "--nat": nat, "--drop-icmp": drop_icmp}
+    given = [name for name, on in routed_only.items() if on]
+    if given and not routed:
+        _fail(f"{', '.join(given)} need --routed", EXIT_USAGE)
+    the_lab: Lab = _guard(lambda: RoutedLab(
+        prefix, mtu_client_side=DEFAULT_MTU if mtu_client_side is None else mtu_client_side,
+        mtu_server_side=DEFAULT_MTU if mtu_server_side is None else mtu_server_side,
+        nat=nat, drop_icmp=drop_icmp,
+    )) if routed else _guard(lambda: Lab(prefix))
     parsed = [_parse_sysctl(s) for s in sysctls]
     _guard(lambda: the_lab.up(parsed))
     _print_status(_guard(the_lab.status))
@@ -119,8 +148,8 @@ def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
     \b
     Example: tcpscapy lab exec server -- ss -tln
     """
-    if host not in HOSTS:
-        _fail(f"unknown host {host!r}: choose one of {', '.join(HOSTS)}", EXIT_USAGE)
+    if host not in ROUTED_HOSTS:  # the lab itself refuses `router` in a flat lab
+        _fail(f"unknown host {host!r}: choose one of {', '.join(ROUTED_HOSTS)}", EXIT_USAGE)
     # Options stop at HOST, so click hands us the `--` separator as part of the command.
     argv = list(command[1:] if command[0] == "--" else command)
     if not argv:
@@ -156,6 +185,8 @@ def flood(prefix: str, target: str, port: int, count: int, rate: float | None,
     Example: tcpscapy lab flood --count 20000 --rate 10000
     """
     the_lab = _make_lab(prefix)
+    if isinstance(the_lab, RoutedLab):
+        _fail("flood needs the flat lab: its spoofed sources are the flat subnet's", EXIT_USAGE)
     state = _guard(the_lab.status)["state"]
     if state != "up":
         _fail(f"lab {prefix!r} is {state}: run `tcpscapy lab up --prefix {prefix}` first",
@@ -174,6 +205,11 @@ def flood(prefix: str, target: str, port: int, count: int, rate: float | None,
 
 
 def _print_status(info: dict[str, Any]) -> None:
+    if info.get("kind") == "routed":
+        from tcpscapy.cli.lab_routed import print_routed_status
+
+        print_routed_status(info)
+        return
     click.echo(f"lab {info['prefix']}: {info['state']}")
     sw = info["switch"]
     sw_state = "up" if sw["bridge_up"] else "present" if sw["present"] else "absent"
