@@ -35,26 +35,32 @@ def mac_of(lab: Lab, host: str) -> bytes:
 
 
 def enable_ipv6(lab: Lab, *hosts: str) -> None:
-    """IPv6 on in `hosts`, each with its KERNEL6 address; no DAD (the link-local address
-    is usable at once too), ICMPv6 not rate limited."""
+    """IPv6 on in `hosts` of a flat lab, each with its KERNEL6 address on eth0."""
     for host in hosts:
-        for scope in ("all", "default", "lo", "eth0"):
-            lab.sysctl(host, f"net.ipv6.conf.{scope}.accept_dad", "0")
-            lab.sysctl(host, f"net.ipv6.conf.{scope}.disable_ipv6", "0")
-        lab.sysctl(host, "net.ipv6.icmp.ratelimit", "0")
-        subprocess.run(["ip", "-n", lab.ns(host), "addr", "add", f"{KERNEL6[host]}/64", "dev",
-                        "eth0", "nodad"], check=True, capture_output=True)
-    for host in hosts:
+        ipv6_on(lab, host, {"eth0": f"{KERNEL6[host]}/64"})
+
+
+def ipv6_on(lab: Lab, host: str, addresses: dict[str, str]) -> None:
+    """IPv6 on in `host` with `addresses` (interface -> address/prefix); no DAD (the
+    link-local addresses are usable at once too), ICMPv6 not rate limited."""
+    for scope in ("all", "default", "lo", *addresses):
+        lab.sysctl(host, f"net.ipv6.conf.{scope}.accept_dad", "0")
+        lab.sysctl(host, f"net.ipv6.conf.{scope}.disable_ipv6", "0")
+    lab.sysctl(host, "net.ipv6.icmp.ratelimit", "0")
+    for iface, address in addresses.items():
+        subprocess.run(["ip", "-n", lab.ns(host), "addr", "add", address, "dev", iface,
+                        "nodad"], check=True, capture_output=True)
+    for iface in addresses:
         # Even without DAD an address is tentative until the kernel's address work runs,
         # which a busy machine delays; a tentative address is never a source.
         deadline = time.monotonic() + 10.0
-        while "tentative" in (out := _addresses(lab, host)) or "scope link" not in out:
+        while "tentative" in (out := _addresses(lab, host, iface)) or "scope link" not in out:
             assert time.monotonic() < deadline, f"{host}: addresses still tentative: {out}"
             time.sleep(0.05)
 
 
-def _addresses(lab: Lab, host: str) -> str:
-    return subprocess.run(["ip", "-n", lab.ns(host), "-6", "addr", "show", "dev", "eth0"],
+def _addresses(lab: Lab, host: str, iface: str) -> str:
+    return subprocess.run(["ip", "-n", lab.ns(host), "-6", "addr", "show", "dev", iface],
                           capture_output=True, text=True, check=True).stdout
 
 
