@@ -51,7 +51,7 @@ TFO_KEY = "a0bf63f7-ed803d81-cd641d30-cebc4a90"
 @pytest.fixture
 def wire(lab: Lab) -> Iterator[Wire]:
     enable_ipv6(lab, "client", "server")
-    w = Wire(lab, "client", "server")
+    w = Wire(lab, "client", "server", accept=[CLIENT6])
     try:
         yield w
     finally:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tcpscapy.io.nd import Solicit, advert, parse_nd
+from tcpscapy.io.nd import Solicit, advert, parse_nd, solicited_node
 from tcpscapy.io.rawsock import NoRoute
 from tcpscapy.io.route6 import Route6, neighbour_mac, route6
 from tcpscapy.lab import Lab
@@ -60,8 +60,8 @@ def test_a_solicitation_finds_the_kernels_mac(lab: Lab) -> None:
 def test_the_kernel_reaches_an_address_only_we_answer_for(lab: Lab) -> None:
     """The kernel solicits fd77::99, which no kernel has; our advertisement lets it send."""
     enable_ipv6(lab, "client", "server")
-    wire = Wire(lab, "server", "client")
     ours, mac = "fd77::99", mac_of(lab, "server").hex(":")
+    wire = Wire(lab, "server", "client", accept=[ours, solicited_node(ours)])
     # The kernel client starts ND by sending to our address (UDP, nobody listens).
     with lab.enter("client"), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
         udp.sendto(b"ping", (ours, 9))
@@ -75,3 +75,21 @@ def test_the_kernel_reaches_an_address_only_we_answer_for(lab: Lab) -> None:
         assert udp_to_us is not None, f"the kernel never sent the datagram within {WAIT_S} s"
     finally:
         wire.close()
+
+
+def test_the_packet_filter_keeps_only_our_address(lab: Lab) -> None:
+    """Two filtered sockets see the same link: the one for the datagram's address gets it;
+    by then the kernel has offered the frame to both, and the other's queue is empty."""
+    enable_ipv6(lab, "client", "server")
+    seen = Wire(lab, "client", "server", accept=[KERNEL6["client"]])
+    blind = Wire(lab, "client", "server", accept=["fd77::5", "fd77::6"])
+    try:
+        with lab.enter("server"), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"x", (KERNEL6["client"], 9))
+        assert seen.wait(lambda p: p if p[6] == 17 else None) is not None
+        blind.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            blind.sock.recv(2048)
+    finally:
+        seen.close()
+        blind.close()

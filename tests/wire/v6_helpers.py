@@ -16,10 +16,11 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tcpscapy.core.segment import Segment
 from tcpscapy.core.stack import Stack
+from tcpscapy.io import bpf6
 from tcpscapy.io.codec6 import decode6, encode6
 from tcpscapy.lab import Lab
 
@@ -65,11 +66,14 @@ def _addresses(lab: Lab, host: str, iface: str) -> str:
 
 
 class Wire:
-    """IPv6 frames to `peer`'s MAC, and IPv6 frames received, on `host`'s eth0."""
+    """IPv6 frames to `peer`'s MAC, and IPv6 frames received, on `host`'s eth0; only
+    those to the `accept` addresses when given (bpf6's filter, in the kernel)."""
 
-    def __init__(self, lab: Lab, host: str, peer: str) -> None:
+    def __init__(self, lab: Lab, host: str, peer: str, accept: Sequence[str] = ()) -> None:
         with lab.enter(host):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            if accept:
+                bpf6.attach(self.sock, accept)
             self.sock.bind(("eth0", ETH_P_IPV6))
         self.header = mac_of(lab, peer) + mac_of(lab, host) + struct.pack("!H", ETH_P_IPV6)
 
@@ -97,7 +101,7 @@ class EngineHost:
     """A core Stack at `address` in `host`, exchanging segments with `peer` over codec6."""
 
     def __init__(self, lab: Lab, host: str, peer: str, address: str, stack: Stack) -> None:
-        self.wire = Wire(lab, host, peer)
+        self.wire = Wire(lab, host, peer, accept=[address])
         self.address, self.stack = address, stack
         self.sent: list[Segment] = []
         self.received: list[Segment] = []
