@@ -357,59 +357,59 @@ def v4_equivalent(err: Icmp6Error) -> tuple[int, int]:
     return _TO_V4.get((err.type, err.code), (3, 1))
 
 
-def _icmp6_at(packet: bytes | bytearray | memoryview) -> tuple[int, int, bytes, bytes] | None:
-    """(offset of the ICMPv6 message, its end, source, destination) of an IPv6 packet."""
-    if len(packet) < 40:
-        return None
-    vtf, plen, nh, _hlim, src, dst = _IP6_HDR.unpack_from(packet)
-    end = 40 + plen
-    if vtf >> 28 != 6 or end > len(packet):
-        return None
-    found = _walk(packet, nh, 40, end)
-    if isinstance(found, str) or found[0] != ICMPV6:
-        return None
-    return found[1], end, src, dst
-
-
 def decode_icmp6(packet: bytes | bytearray | memoryview, *,
-                 verify_checksum: bool = True) -> Icmp6Error | None:
-    """The ICMPv6 error in an IPv6 packet if it quotes a TCP segment, else None.
+                 verify_checksum: bool = True) -> Icmp6Error | str | None:
+    """The ICMPv6 error about a TCP segment in an IPv6 packet; None for ICMPv6 that is no
+    business of TCP's (echo, neighbour discovery, an error about UDP); else why it is
+    malformed, in words, for a counter. Never raises.
 
-    Never raises: anything short, inconsistent or about another protocol is
-    None. The quote must hold the IPv6 header, any extension headers and the
-    TCP ports and sequence number (RFC 4443 §2.4 asks for as much as fits).
+    The same contract as the ICMPv4 decoder (io/icmp_codec.py on branch icmp). The
+    quote must hold the IPv6 header, any extension headers and the TCP ports and
+    sequence number (RFC 4443 §2.4 asks for as much as fits in 1280 bytes).
     """
     try:
         return _icmp6_error(packet, verify_checksum)
-    except (IndexError, struct.error):  # a quote cut inside a header: no error to report
-        return None
+    except (IndexError, struct.error):  # defensive: every read below is bounds-checked
+        return "truncated ICMPv6 error"
 
 
-def _icmp6_error(packet: Bytes, verify_checksum: bool) -> Icmp6Error | None:
-    found = _icmp6_at(packet)
-    if found is None:
-        return None
-    at, end, reporter, _ = found
-    if end - at < 8 + 40:
-        return None
+def _icmp6_error(packet: Bytes, verify_checksum: bool) -> Icmp6Error | str | None:
+    if len(packet) < 40:
+        return "truncated IPv6 header"
+    vtf, plen, nh, _hlim, src, dst = _IP6_HDR.unpack_from(packet)
+    end = 40 + plen
+    if vtf >> 28 != 6 or end > len(packet):
+        return "bad or truncated IPv6 header"
+    found = _walk(packet, nh, 40, end)
+    if isinstance(found, str):
+        return found
+    if found[0] != ICMPV6:
+        return "not ICMPv6"
+    at = found[1]
+    if end - at < 8:
+        return "truncated ICMPv6 header"
+    if verify_checksum and (int.from_bytes(src + dst, "big") + (end - at) + ICMPV6
+                            + _sum16(packet[at:end])) % 0xFFFF:
+        return "bad ICMPv6 checksum"
     kind, code, _sum, rest = _ICMP_HDR.unpack_from(packet, at)
     if kind not in _ERROR_TYPES:
-        return None
-    if verify_checksum:
-        src_dst = bytes(packet[8:40])
-        total = int.from_bytes(src_dst, "big") + (end - at) + ICMPV6 + _sum16(packet[at:end])
-        if total % 0xFFFF:
-            return None
+        return None  # informational (echo, neighbour discovery, ...) or an unknown error
     quote = packet[at + 8 : end]
-    vtf, q_plen, q_nh, _hlim, q_src, q_dst = _IP6_HDR.unpack_from(quote)
-    if vtf >> 28 != 6:
-        return None
+    if len(quote) < 40 + 8:
+        return "ICMPv6 error quotes too little"
+    q_vtf, q_plen, q_nh, _q_hlim, q_src, q_dst = _IP6_HDR.unpack_from(quote)
+    if q_vtf >> 28 != 6:
+        return "ICMPv6 error quotes a bad IPv6 header"
     # The quote is cut short by design: walk its headers within what was quoted.
     inner = _walk(quote, q_nh, 40, len(quote))
-    if isinstance(inner, str) or inner[0] != IPPROTO_TCP or inner[1] + 8 > len(quote):
-        return None
+    if isinstance(inner, str):
+        return None if inner == FRAGMENT else "ICMPv6 error quotes a bad header chain"
+    if inner[0] != IPPROTO_TCP:
+        return None  # about UDP or another protocol
+    if inner[1] + 8 > len(quote):
+        return "ICMPv6 error quotes too little"
     sport, dport, seq = _QUOTED_TCP.unpack_from(quote, inner[1])
-    return Icmp6Error(kind, code, _ntoa6(reporter), _ntoa6(q_src), _ntoa6(q_dst), sport, dport,
+    return Icmp6Error(kind, code, _ntoa6(src), _ntoa6(q_src), _ntoa6(q_dst), sport, dport,
                       seq, rest if kind == PACKET_TOO_BIG else 0, 40 + q_plen)
 
 

@@ -12,6 +12,7 @@ from scapy.layers.inet import TCP
 from scapy.layers.inet6 import (
     HBHOptUnknown,
     ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
     ICMPv6PacketTooBig,
     ICMPv6ParamProblem,
     ICMPv6TimeExceeded,
@@ -220,8 +221,8 @@ def test_sending_a_routing_header_with_segments_left_is_refused() -> None:
 def test_decoders_never_raise_on_random_bytes(data: bytes) -> None:
     for verify in (True, False):
         decode6_ex(data, verify_checksum=verify)
-        decode_icmp6(data, verify_checksum=verify)
-        decode_icmp6(b"\x60" + data, verify_checksum=verify)
+        for packet in (data, b"\x60" + data):
+            assert decode_icmp6(packet, verify_checksum=verify) != "truncated ICMPv6 error"
 
 
 @SETTINGS
@@ -243,7 +244,7 @@ def test_decoders_never_raise_on_plausible_chains(rest: bytes, first: int,
         result = decode6_ex(bytes(data), verify_checksum=verify)
         assert (result.segment is None) != (result.reason == "")
         icmp = decode_icmp6(bytes(data), verify_checksum=verify)
-        assert icmp is None or data[6] in (0, 43, 60, 58)
+        assert not isinstance(icmp, Icmp6Error) or data[6] in (0, 43, 60, 58)
 
 
 # --- ICMPv6 errors -----------------------------------------------------------------------
@@ -275,19 +276,25 @@ def test_icmp6_quote_through_extension_headers_and_cut_after_the_sequence_number
     sent = encode6(SENT, ext=[ExtHeader(DEST_OPTS, pad_options(b""))])
     err = decode_icmp6(icmp6(ICMPv6PacketTooBig(mtu=1400), sent[: 40 + 8 + 8]))
     assert err is not None and (err.seq, err.mtu, err.dport) == (123456789, 1400, 80)
-    assert decode_icmp6(icmp6(ICMPv6PacketTooBig(mtu=1400), sent[: 40 + 8 + 7])) is None
+    assert decode_icmp6(icmp6(ICMPv6PacketTooBig(mtu=1400), sent[: 40 + 8 + 7])) == (
+        "ICMPv6 error quotes too little")
 
 
-def test_icmp6_that_is_no_error_about_tcp_is_none() -> None:
+def test_icmp6_no_business_of_tcps_is_none_and_malformed_says_why() -> None:
     sent = encode6(SENT)
     flipped = bytearray(icmp6(ICMPv6DestUnreach(code=4), sent[:100]))
     flipped[50] ^= 0xFF
-    assert decode_icmp6(bytes(flipped)) is None  # bad ICMPv6 checksum
-    assert decode_icmp6(bytes(flipped), verify_checksum=False) is not None
+    assert decode_icmp6(bytes(flipped)) == "bad ICMPv6 checksum"
+    assert isinstance(decode_icmp6(bytes(flipped), verify_checksum=False), Icmp6Error)
     udp_quote = bytearray(sent[:100])
     udp_quote[6] = 17
     assert decode_icmp6(icmp6(ICMPv6DestUnreach(code=4), bytes(udp_quote))) is None
-    assert decode_icmp6(encode6(SENT)) is None  # TCP, not ICMPv6
+    assert decode_icmp6(bytes(IPv6(src=ROUTER, dst=OURS) / ICMPv6EchoRequest())) is None
+    assert decode_icmp6(encode6(SENT)) == "not ICMPv6"
+    assert decode_icmp6(icmp6(ICMPv6DestUnreach(code=4), sent[:47])) == (
+        "ICMPv6 error quotes too little")
+    assert decode_icmp6(icmp6(ICMPv6DestUnreach(), b"\x45" + sent[1:60])) == (
+        "ICMPv6 error quotes a bad IPv6 header")
 
 
 def test_v4_equivalents_follow_linux_fatality() -> None:

@@ -128,7 +128,7 @@ def test_an_unknown_option_of_type_10_draws_a_parameter_problem(lab: Lab, wire: 
     with srv:
         syn = syn_of(40004, srv.getsockname()[1], Options(mss=1440))
         wire.send(encode6(syn, ext=[ExtHeader(DEST_OPTS, pad_options(b"\x9e\x02no"))]))
-        error = wire.wait(lambda packet: decode_icmp6(packet))
+        error = wire.wait(lambda p: e if isinstance(e := decode_icmp6(p), Icmp6Error) else None)
     assert error == Icmp6Error(PARAMETER_PROBLEM, 2, SERVER6, CLIENT6, SERVER6, 40004,
                                syn.dport, syn.seq, 0, 40 + 8 + 24)
 

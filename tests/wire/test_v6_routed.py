@@ -79,7 +79,7 @@ def test_a_kernel_router_says_packet_too_big_and_we_read_it(routed6: RoutedLab) 
             big = Segment(CLIENT6, SERVER6, 40010, dport, 5001, synack.seq + 1, ACK, 64800,
                           payload=bytes(1400))
             wire.send(encode6(big))
-            error = wire.wait(lambda p: decode_icmp6(p))
+            error = wire.wait(lambda p: e if isinstance(e := decode_icmp6(p), Icmp6Error) else None)
         finally:
             wire.close()
     assert error == Icmp6Error(PACKET_TOO_BIG, 0, GATEWAY6, CLIENT6, SERVER6, 40010, dport,
