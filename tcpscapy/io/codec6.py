@@ -15,7 +15,8 @@ AH, no next header, unknown) is "not TCP".
 
 `decode_icmp6` reads ICMPv6 errors (RFC 4443 §3: destination unreachable,
 packet too big, time exceeded, parameter problem) quoting one of our TCP
-segments into an `Icmp6Error`, never raising on any bytes.
+segments into an `Icmp6Error` (None for ICMPv6 that is no business of TCP's, a
+reason in words for a malformed one), never raising on any bytes.
 """
 
 from __future__ import annotations
