@@ -430,6 +430,8 @@ def to_scapy6(seg: Segment, ext: Sequence[ExtHeader] = (), **ip_fields: Any) -> 
         size = 2 + len(body)
         layer = layers[kind](bytes((0, size // 8 - 1)) + body)  # Scapy reads the body
         del layer.nh  # unset: Scapy fills it in from the layer that follows
+        if kind != ROUTING:
+            layer.autopad = 0  # write the options as read, padding included (as encode6)
         pkt /= layer
     pkt /= TCP(sport=seg.sport, dport=seg.dport, seq=seg.seq, ack=seg.ack, flags=seg.flags,
                window=seg.window, urgptr=seg.urgent, options=scapy_options(seg.options))
