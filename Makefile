@@ -2,7 +2,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT    := iptables libnetfilter-queue-dev iproute2 curl kmod ethtool libpcap0.8
+APT    := iptables ipset libnetfilter-queue-dev iproute2 curl kmod ethtool libpcap0.8 tcpdump librsvg2-bin netbase
 
 .PHONY: test demo labs bench lint deps clean
 
@@ -29,10 +29,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Every classroom lab in examples/labs (as root); each builds and removes its own lab.
+# Every classroom lab in examples/labs (as root); each builds and removes its own lab,
+# named LAB_PREFIX plus a random suffix (`make labs LAB_PREFIX=ws3`).
+LAB_PREFIX ?= lab
 labs: $(STAMP)
 	@failed=""; for lab in examples/labs/[0-9][0-9]_*.py; do \
-	  $(PY) $$lab || failed="$$failed $$(basename $$lab)"; done; \
+	  $(PY) $$lab --prefix '$(LAB_PREFIX)' || failed="$$failed $$(basename $$lab)"; done; \
 	if [ -n "$$failed" ]; then echo "labs that failed:$$failed"; exit 1; fi; \
 	echo "every lab passed"
 

@@ -2,9 +2,11 @@
 
 Builds a throwaway lab (network namespaces client 10.77.0.1 and server
 10.77.0.2 on one link), starts `python3 -m http.server 80` on the server,
-runs `tcpscapy connect 10.77.0.2:80 --send "GET / ..."` on the client -- the
-segment ladder appears on stderr as it happens, the response on stdout -- and
-removes the lab whatever happens. Needs root (namespaces, raw sockets).
+runs `tcpscapy lab exec client -- tcpscapy connect 10.77.0.2:80 --send "GET / ..."`
+-- the segment ladder appears on stderr as it happens; the page, which
+tcpscapy writes to stdout, is held back and printed after the ladder so the two
+do not interleave on a terminal -- and removes the lab whatever happens. Needs
+root (namespaces, raw sockets).
 """
 
 from __future__ import annotations
@@ -65,11 +67,16 @@ def main() -> int:
                 time.sleep(0.05)
             print(f"# lab {lab.prefix}: client {lab.addr('client')}, server {server} "
                   f"(python3 -m http.server {PORT})", file=sys.stderr)
-            print(f"# tcpscapy connect {server}:{PORT} --send '{request}'\n", file=sys.stderr,
-                  flush=True)
+            print(f"# tcpscapy lab exec --prefix {lab.prefix} client -- tcpscapy connect "
+                  f"{server}:{PORT} --send '{request}'\n", file=sys.stderr, flush=True)
             argv = [sys.executable, "-m", "tcpscapy", "connect", f"{server}:{PORT}",
                     "--send", request, "--timeout", "10"]
-            return lab.run("client", argv, stdin=subprocess.DEVNULL).returncode
+            # The ladder (stderr) goes straight to the terminal; the page (stdout) after it.
+            run = lab.run("client", argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            print("\n# the page (tcpscapy connect's stdout):", file=sys.stderr, flush=True)
+            sys.stdout.buffer.write(run.stdout)
+            sys.stdout.flush()
+            return run.returncode
     except LabError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """The blocking, socket-like API: tcpscapy.connect() and tcpscapy.listen().
 
+    # in a lab's client host: `tcpscapy lab exec client -- python3 this.py`
     with tcpscapy.connect("10.77.0.2", 7, mss=1000, sack=False) as conn:
         conn.sendall(b"hello")
         print(conn.recv())
@@ -21,11 +22,13 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tcpscapy import errors, netns
+from tcpscapy import errors, lab, netns
 from tcpscapy.core.config import Config
 from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
@@ -43,6 +46,7 @@ from tcpscapy.io.driver import (
     default_driver,
 )
 from tcpscapy.io.tfo_cache import TfoCache
+from tcpscapy.metrics import MetricsRecorder, Sample
 from tcpscapy.trace import Direction, Side, Trace, TraceEntry
 
 __all__ = ["Connection", "Listener", "OnRecord", "connect", "listen", "resolve"]
@@ -152,12 +156,16 @@ def _build_config(options: dict[str, Any], base: Config | None, default: Config,
         if name == "retries":
             field = "synack_retries" if listening else "syn_retries"
             changes[field] = _int_in(0, 100)(name, value)
+        elif name == "nodelay":  # TCP_NODELAY's spelling of nagle=False
+            if "nagle" in options and bool(options["nagle"]) == bool(value):
+                raise errors.BadOption("options nagle and nodelay contradict each other")
+            changes["nagle"] = not _flag(name, value)
         elif name in _CONFIG_OPTIONS or (listening and name in _LISTEN_OPTIONS):
             field, check = _CONFIG_OPTIONS.get(name) or _LISTEN_OPTIONS[name]
             changes[field] = check(name, value)
         else:
             extra = _LISTEN_ONLY if listening else _CONNECT_ONLY
-            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config"]))
+            known = ", ".join(sorted([*_CONFIG_OPTIONS, *extra, "config", "nodelay"]))
             raise errors.BadOption(f"unknown option {name!r} (known: {known})")
     config = base or default
     # A low initial RTO is meant as given: lower the floor with it unless told otherwise.
@@ -197,6 +205,17 @@ def resolve(host: str) -> str:
     if not infos:
         raise errors.UnknownHost(f"cannot resolve {host!r}: no IPv4 address")
     return str(infos[0][4][0])
+
+
+def check_lab_destination(ip: str) -> None:
+    """Raise OutsideLab if `ip` is a lab address and this thread is not inside that lab."""
+    subnet = lab.outside_lab(ip)
+    if subnet is not None:
+        raise errors.OutsideLab(
+            f"{ip} is a tcpscapy lab address ({subnet}) and no interface here is on that "
+            "subnet: run inside the lab (`tcpscapy lab exec client -- ...`, or the shell's "
+            "lab_enter(\"client\")), or pass lab_check=False if these are your own "
+            "namespaces", ip=ip, subnet=str(subnet))
 
 
 def _port(port: Any, *, zero_ok: bool) -> int:
@@ -292,6 +311,11 @@ def _hook_trace(ep: Endpoint, hook: OnRecord | None, maxlen: int | None) -> None
         ep.trace = _HookedTrace(ep.trace, hook, maxlen)
 
 
+def _record_metrics(ep: Endpoint) -> None:
+    """Sample the connection's cwnd, RTT, … as its trace records segments, for plot()."""
+    ep.trace.sampler = MetricsRecorder(ep.conn)
+
+
 def _with_trace(exc: errors.TcpscapyError, ep: Endpoint) -> errors.TcpscapyError:
     """Let a failed connect's exception carry the connection's trace (`exc.trace`)."""
     exc.trace = ep.trace  # type: ignore[attr-defined]
@@ -344,8 +368,55 @@ class Connection:
         return self._ep.conn.close_reason
 
     @property
+    def metrics(self) -> list[Sample]:
+        """Samples of the sender's state (cwnd, ssthresh, bytes in flight, RTT, RTO, CC
+        phase) taken as segments went by, thinned to a bounded number; see plot()."""
+        sampler = self._ep.trace.sampler
+        with self._driver.lock:
+            return list(sampler.samples) if isinstance(sampler, MetricsRecorder) else []
+
+    def plot(self, path: str | PathLike[str], *, trace: Iterable[TraceEntry] | None = None,
+             direction: Direction | None = None, title: str | None = None) -> Path:
+        """Write an SVG picture of the transfer so far (time-sequence graph, cwnd,
+        ssthresh, bytes in flight, RTT and RTO; see tcpscapy.plot); returns the path.
+        `trace` replaces the connection's own (which keeps the newest trace_limit
+        entries), e.g. a complete record kept by an on_record hook."""
+        from tcpscapy.plot import write_plot_svg
+
+        if trace is None:
+            with self._driver.lock:
+                trace = list(self._ep.trace)
+        out = Path(path)
+        write_plot_svg(trace, out, self.metrics, direction=direction,
+                       title=title or f"tcpscapy {self._name()}")
+        return out
+
+    @property
     def driver(self) -> Driver:
         return self._driver
+
+    # Readiness, for an event loop that waits in driver.wait() (driver lock held) and
+    # calls recv()/send() only when they would not block.
+
+    @property
+    def readable(self) -> bool:
+        """recv() would not block: bytes are waiting, or the peer closed, or we are done."""
+        ep = self._ep
+        return bool(ep.rx) or ep.eof or ep.closed or ep.app_closed
+
+    @property
+    def send_space(self) -> int:
+        """Bytes send() would queue without blocking; -1 once sending can only fail."""
+        ep = self._ep
+        if ep.closed or ep.app_closed:
+            return -1
+        return ep.conn.send_space
+
+    @property
+    def finished(self) -> bool:
+        """The engine is done with it (CLOSED or TIME-WAIT): what wait_closed() waits for."""
+        ep = self._ep
+        return ep.closed or ep.conn.state in _DONE
 
     def _name(self) -> str:
         (lip, lport), (rip, rport) = self.local, self.remote
@@ -471,10 +542,10 @@ class Connection:
         Call it after close() to see the FIN exchange finish; False on timeout.
         """
         deadline = _deadline(timeout, "wait_closed")
-        drv, ep = self._driver, self._ep
+        drv = self._driver
         with drv.lock:
             try:
-                return drv.wait(lambda: ep.closed or ep.conn.state in _DONE, deadline)
+                return drv.wait(lambda: self.finished, deadline)
             except DriverClosed:
                 return True  # the driver closed every connection on its way out
 
@@ -493,13 +564,14 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             driver: Driver | None = None, on_record: OnRecord | None = None,
             data: bytes | bytearray | memoryview = b"", tfo: bool = False,
             tfo_cache: TfoCache | str | os.PathLike[str] | None = None,
-            **options: Any) -> Connection:
+            lab_check: bool = True, **options: Any) -> Connection:
     """Open a TCP connection to host:port on tcpscapy's engine; blocks until ESTABLISHED.
 
     Options: mss, wscale (None: off), sack, timestamps, window (receive buffer),
     send_buffer, retries (SYN retransmissions), data_retries, rto, rto_min, rto_max,
-    nagle, delayed_ack, keepalive (seconds or True), keepalive_interval,
-    keepalive_probes, user_timeout, msl, initial_window, sport, src, iface, config,
+    nagle, nodelay (= not nagle, as TCP_NODELAY), delayed_ack, keepalive (seconds or
+    True), keepalive_interval, keepalive_probes, user_timeout, msl, initial_window,
+    sport, src, iface, config,
     trace_limit (trace entries kept, newest; None keeps all; default 20000).
 
     `data` is queued at once, behind the SYN. With `tfo=True` (TCP Fast Open,
@@ -514,10 +586,15 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     the first SYN on, on the thread running the driver loop (keep it quick).
     If the connect fails after the SYN went out, the exception carries the
     connection's trace as `exc.trace` (the SYN and the RST, say).
+
+    An address of a tcpscapy lab subnet (tcpscapy.lab.LAB_SUBNETS) is refused
+    (errors.OutsideLab) unless an interface of the calling thread's namespace is
+    on that subnet: from outside the lab it would go to the real network.
+    `lab_check=False` allows it, for your own namespaces on those addresses.
     """
     ip = resolve(host)
     port = _port(port, zero_ok=False)
-    deadline = _deadline(timeout, "connect")
+    _deadline(timeout, "connect")  # a bad timeout fails before anything is sent
     payload = _data(data)
     cache = _tfo_cache(_flag("tfo", tfo), tfo_cache)
     sport = options.pop("sport", None)
@@ -532,6 +609,11 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     trace_limit = _trace_limit(options)
     base = options.pop("config", None)
     mss_auto = base is None and "mss" not in options  # else the caller chose the MSS
+    if _flag("lab_check", lab_check):  # after the argument checks, before anything is sent
+        # From where the packets would leave: the driver's namespace (the default driver's
+        # is the calling thread's; a driver made in a lab host may be called from outside).
+        with driver._in_namespace() if driver is not None else contextlib.nullcontext():
+            check_lab_destination(ip)
     drv = driver or default_driver()
     config = _build_config(options, base, drv.config, listening=False)
     attempt = cache.attempt(ip) if cache is not None else None
@@ -545,6 +627,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
     conn = Connection(drv, ep)
     with drv.lock:
         _hook_trace(ep, on_record, trace_limit)
+        # Counted from the SYN, as the trace shows it: the driver's and the guard's start-up
+        # before it must not eat into `timeout` (the ladder would end before it).
+        deadline = _deadline(timeout, "connect")
+        _record_metrics(ep)
         try:
             done = drv.wait(lambda: ep.connected or ep.closed, deadline)
         except DriverClosed as exc:
@@ -631,6 +717,15 @@ class Listener:
         """The core Listener (counters such as syns_received)."""
         return self._ls.listener
 
+    @property
+    def driver(self) -> Driver:
+        return self._driver
+
+    @property
+    def acceptable(self) -> bool:
+        """accept() would not block: a connection is ready, or the listener is closed."""
+        return self._ls.closed or self._ls.listener.ready > 0
+
     def accept(self, timeout: float | None = None, *,
                on_record: OnRecord | None = None) -> Connection:
         """The next established connection, blocking until one arrives.
@@ -645,6 +740,7 @@ class Listener:
                 ep = drv.accept(ls)
                 if ep is not None:
                     _hook_trace(ep, on_record, ls.trace_limit)
+                    _record_metrics(ep)
                     return Connection(drv, ep)
                 if ls.closed:
                     raise errors.ConnectionClosed(f"accept on {self._name()}: listener is closed")

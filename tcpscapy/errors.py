@@ -7,7 +7,7 @@ so code written for sockets keeps working.
     exit code  meaning               exceptions
     0          success               -
     1          any other error       TcpscapyError, ConnectionClosed
-    2          usage: bad input      UsageError, BadAddress, BadOption
+    2          usage: bad input      UsageError, BadAddress, BadOption, OutsideLab
     3          connection refused    ConnectionRefused
     4          needs root            NeedsRoot (and any tcpscapy.netns.NeedsRoot)
     5          timed out             TimedOut, ConnectTimeout
@@ -33,6 +33,7 @@ __all__ = [
     "ConnectionReset",
     "HostUnreachable",
     "NeedsRoot",
+    "OutsideLab",
     "TcpscapyError",
     "TimedOut",
     "UnknownHost",
@@ -62,6 +63,14 @@ class BadAddress(UsageError):
 
 class BadOption(UsageError):
     """An unknown connection option, or a value out of range."""
+
+
+class OutsideLab(UsageError):
+    """A lab address aimed at from outside the lab: it would go to the real network."""
+
+    def __init__(self, message: str, ip: str = "", subnet: str = "") -> None:
+        super().__init__(message)
+        self.ip, self.subnet = ip, subnet
 
 
 class ConnectionRefused(TcpscapyError, ConnectionRefusedError):

@@ -12,10 +12,12 @@ with real checksums, and IPv6 is off so the link carries only the traffic you ma
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +31,14 @@ from tcpscapy.netns import NeedsRoot
 HOSTS: tuple[str, ...] = ("client", "server", "attacker")
 ADDRESSES: dict[str, str] = {"client": "10.77.0.1", "server": "10.77.0.2", "attacker": "10.77.0.3"}
 PREFIXLEN = 24
+# The address space of each kind of lab: this flat one, and the routed lab's 10.78.{1,2,3}.0/24
+# (tcpscapy.routed), whose hosts reach each other's subnets through its router. Aimed at from
+# outside a lab's namespaces, an address here goes out of the default route to the real
+# network, so connect() refuses it (see outside_lab()). A new lab adds its space here.
+LAB_SUBNETS: tuple[ipaddress.IPv4Network, ...] = (
+    ipaddress.IPv4Network("10.77.0.0/24"),
+    ipaddress.IPv4Network("10.78.0.0/16"),
+)
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
 # The namespace that tells which kind of lab a prefix names (the routed lab: tcpscapy.routed).
@@ -229,6 +239,10 @@ class Lab:
             raise LabError(f"lab {self.prefix!r} is not up (no namespace {name}); run `lab up`")
         return name
 
+    def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs argv in `host`'s namespace (`ip netns exec NS ...`)."""
+        return self._exec_argv(host, argv)
+
     def _exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
         if isinstance(argv, str | bytes) or not argv:
             raise LabUsageError("argv must be a non-empty list of strings, not a shell string")
@@ -268,6 +282,35 @@ class Lab:
                     proc.kill()
                     proc.wait()
         self._children.clear()
+
+
+def outside_lab(ip: str) -> ipaddress.IPv4Network | None:
+    """The lab address space (LAB_SUBNETS) `ip` is in when no interface of this thread's
+    namespace is in that space (we are not inside such a lab, so the packet would leave by
+    the default route); None when `ip` is no lab address or we are inside.
+
+    Called on every connect(), so it stays cheap: integer compares for the usual non-lab
+    address, and a namespace found inside a lab is remembered (by its inode) rather than
+    its interfaces read again.
+    """
+    try:
+        value = int.from_bytes(socket.inet_aton(ip), "big")
+    except OSError:
+        return None
+    subnet = next((net for base, mask, net in _LAB_MASKS if value & mask == base), None)
+    if subnet is None:
+        return None
+    key = (netns.current_id(), subnet)
+    if key in _INSIDE:
+        return None
+    if any(ipaddress.IPv4Address(a) in subnet for a in netns.local_ipv4_addresses()):
+        _INSIDE.add(key)
+        return None
+    return subnet
+
+
+_INSIDE: set[tuple[int, ipaddress.IPv4Network]] = set()  # (namespace inode, lab space)
+_LAB_MASKS = [(int(net.network_address), int(net.netmask), net) for net in LAB_SUBNETS]
 
 
 def lab_kind(prefix: str) -> str | None:

@@ -87,3 +87,24 @@ def enter(name: str) -> Iterator[None]:
             os.close(original_fd)
     finally:
         os.close(target_fd)
+
+
+def local_ipv4_addresses() -> set[str]:
+    """The IPv4 addresses of the calling thread's namespace (every interface's, up or not).
+
+    Read from the kernel's FIB (/proc/thread-self/net/fib_trie): each local address is a
+    "/32 host LOCAL" leaf under its "|-- ADDR" line. No subprocess, no netlink socket.
+    """
+    found: set[str] = set()
+    last = ""
+    try:
+        with open("/proc/thread-self/net/fib_trie") as f:
+            for line in f:
+                text = line.strip()
+                if text.startswith("|-- "):
+                    last = text[4:]
+                elif text.startswith("/32 host LOCAL") and last:
+                    found.add(last)
+    except OSError:
+        pass  # no /proc: nothing known to be local
+    return found

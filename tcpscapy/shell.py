@@ -33,6 +33,7 @@ gentle experiments.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ from tcpscapy.core.segment import ACK, RST, SYN
 from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.driver import Endpoint, close_all
-from tcpscapy.svg import write_ladder_svg
+from tcpscapy.svg import MAX_ROWS, write_ladder_svg
 from tcpscapy.trace import Trace, ladder, to_scapy_list
 
 if TYPE_CHECKING:
@@ -207,10 +208,13 @@ class ShellConnection:
     def rcv_nxt(self) -> int:
         return int(self.conn.engine.rcv_nxt)
 
-    def send(self, data: bytes | str) -> int:
-        """Queue `data` (a str is sent as UTF-8); returns how many bytes."""
+    def send(self, data: bytes | str) -> None:
+        """Send all of `data` (a str as UTF-8), waiting while the send buffer is full.
+
+        Returns nothing, so `c.send("hi"); c.recv()` at the prompt shows only
+        what came back (len(data) is what was sent)."""
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        return self.conn.send(payload)
+        self.conn.sendall(payload)
 
     def recv(self, max: int = 65536, timeout: float | None = RECV_TIMEOUT) -> bytes:
         """What arrived, up to `max` bytes; b"" if nothing came within `timeout` s or the
@@ -244,8 +248,9 @@ class ShellConnection:
 
     @property
     def trace(self) -> PacketList:
-        """The segments so far as Scapy IP/TCP packets with wall-clock `.time`."""
-        return to_scapy_list(self.records)
+        """The segments so far as Scapy IP/TCP packets with wall-clock `.time`;
+        its summary() starts each line with the time since the first segment."""
+        return _timed_packets()(to_scapy_list(self.records), name="tcpscapy trace")
 
     def ladder(self, *, absolute: bool = False, width: int | None = None) -> None:
         """Print the ladder: local side left, peer right, seq/ack relative to the ISNs."""
@@ -256,14 +261,27 @@ class ShellConnection:
                      color=out.isatty()))
 
     def ladder_svg(self, path: str | Path, *, title: str | None = None,
-                   absolute: bool = False) -> Path:
-        """Write the ladder as an SVG picture (for a handout); returns the path."""
+                   absolute: bool = False, full: bool = False) -> Path:
+        """Write the ladder as an SVG picture (for a handout); returns the path.
+
+        A long one keeps its first and last rows with a marker between them;
+        `full=True` draws every row."""
         path = Path(path)
         if title is None:
             (lip, lport), (rip, rport) = self.local, self.remote
             title = f"{lip}:{lport} \N{LEFT RIGHT ARROW} {rip}:{rport}"
-        write_ladder_svg(self.records, path, relative=not absolute, title=title)
+        write_ladder_svg(self.records, path, relative=not absolute, title=title,
+                         max_rows=None if full else MAX_ROWS)
         return path
+
+    def plot(self, path: str | Path = "plot.svg", *, title: str | None = None) -> Path:
+        """Write the transfer as an SVG picture: time-sequence graph (data, ACK line,
+        window, SACK, retransmissions), cwnd/ssthresh/bytes in flight with the CC's
+        phases, RTT and RTO. Open it in a browser; returns the path."""
+        if title is None:
+            (lip, lport), (rip, rport) = self.local, self.remote
+            title = f"{lip}:{lport} \N{LEFT RIGHT ARROW} {rip}:{rport}"
+        return self.conn.plot(path, trace=self.records, title=title)
 
     def wrpcap(self, path: str | Path) -> Path:
         """Write the segments to a pcap file (same as wrpcap(path, c.trace))."""
@@ -345,6 +363,23 @@ class ShellConnection:
     def __repr__(self) -> str:
         (lip, lport), (rip, rport) = self.local, self.remote
         return f"<connection {lip}:{lport} -> {rip}:{rport} {self.state}>"
+
+
+@functools.cache
+def _timed_packets() -> type[PacketList]:
+    """A PacketList whose summary() shows each packet's time (Scapy is imported late)."""
+    from scapy.plist import PacketList
+
+    class TracePackets(PacketList):
+        def summary(self, prn: Any = None, lfilter: Any = None) -> None:
+            if prn is None and len(self):
+                t0 = float(self[0].time)
+
+                def prn(pkt: Packet) -> str:
+                    return f"{(float(pkt.time) - t0) * 1000:10.3f} ms  {pkt.summary()}"
+            super().summary(prn, lfilter)
+
+    return TracePackets
 
 
 def _raw_bytes(pkt: Packet | bytes) -> bytes:
@@ -535,8 +570,9 @@ def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
 BANNER = """\
 tcpscapy {version}: Scapy with a user-space TCP you can steer (connections need root)
   lab_up(); echo_server(7); lab_enter("client")   a lab: client 10.77.0.1, server .2, attacker .3
-  c = connect("10.77.0.2:7")                     c.send("hi"), c.recv(), c.close(), c.state
+  c = connect("10.77.0.2:7")                     c.send("hi"); c.recv(), c.close(), c.state
   c.inject(TCP(flags="PA")/"x")                  seq, ack, ports filled in; raw=True: as crafted
   c.ladder(), c.ladder_svg("c.svg")              the ladder as text, as an SVG picture
-  c.trace.summary(), wrpcap("c.pcap", c.trace)   the segments as a Scapy PacketList
+  c.plot("c.svg")                                time-sequence graph, cwnd, RTT as SVG
+  c.trace.summary(), wrpcap("c.pcap", c.trace)   the segments as a Scapy PacketList, timed
   lab_down() when done; help(connect), help(ShellConnection) for more"""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from os import PathLike
@@ -260,7 +260,7 @@ class Trace:
     # else all chunks kept, oldest first, _rows last; a roll replaces it whole and
     # chunks only grow at the end, so a reader on another thread sees a consistent
     # record. _cap: slots at which _rows rolls over; _keep: slots shown (None: all).
-    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "time_offset")
+    __slots__ = ("_cap", "_chunks", "_keep", "_rows", "sampler", "time_offset")
 
     def __init__(self, entries: Iterable[TraceEntry] = (), *, maxlen: int | None = None,
                  time_offset: float = 0.0) -> None:
@@ -268,6 +268,8 @@ class Trace:
         self._chunks: tuple[list[Any], ...] | None = None
         self._keep, self._cap = _LIMITS.get(maxlen) or _limits(maxlen)
         self.time_offset = time_offset
+        # Called with `now` after each segment or state change (tcpscapy.metrics), or None.
+        self.sampler: Callable[[float], None] | None = None
         for entry in entries:
             self.append(entry)
 
@@ -290,6 +292,8 @@ class Trace:
             raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
         if len(rows) >= self._cap:
             self._roll()
+        if self.sampler is not None:
+            self.sampler(now)
 
     def record_state(self, now: float, old: State, new: State, side: Side = "local",
                      note: str = "") -> None:
@@ -305,6 +309,8 @@ class Trace:
             self._roll()
         elif new is _ESTABLISHED and side == "local":
             _pack_recent(rows)  # the handshake, which an idle connection keeps for good
+        if self.sampler is not None:
+            self.sampler(now)
 
     def append(self, entry: TraceEntry) -> None:
         direction, seg, change, note = (entry.direction, entry.segment, entry.state_change,
@@ -422,7 +428,7 @@ _STATE_WIDTH = len("SYN-RECEIVED")
 _RESET, _BOLD, _DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
 _RED, _GREEN, _MAGENTA, _CYAN = "\x1b[31m", "\x1b[32m", "\x1b[35m", "\x1b[36m"
 _HANDSHAKE_MASK = SYN | ACK | RST
-_WORDS = re.compile(r"<[^>]*>|\S+")
+_WORDS = re.compile(r"<[^>]*>|\[[^\]]*\]|\S+")  # <options> and a [tag] wrap as one word
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,8 +549,8 @@ def _fit(text: str, width: int, glyphs: _Glyphs) -> str:
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    """Greedy word wrap keeping `<options>` whole where it fits; longer words are cut
-    (after a comma where possible)."""
+    """Greedy word wrap keeping `<options>` and `[tags]` whole where they fit; longer
+    words are cut (after a comma where possible)."""
     chunks: list[str] = []
     current = ""
     for word in _WORDS.findall(text):
@@ -747,7 +753,8 @@ class LadderWriter:
 
 
 def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | None = None,
-           color: bool = False, ascii_only: bool = False) -> str:
+           color: bool = False, ascii_only: bool = False,
+           omitted: Mapping[int, int] | None = None) -> str:
     """The trace as a text ladder: local endpoint on the left, peer on the right.
 
     One line per segment (elapsed ms, the local state, an arrow carrying flags
@@ -756,6 +763,8 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
     change, then the handshake RTT and the ISNs. `width` bounds every line: long
     labels wrap onto lines under their arrow, other lines are cut with an
     ellipsis. `color` adds ANSI colours; `ascii_only` draws in ASCII.
+    An excerpt says where it skipped: `omitted[i] = n` puts a line "… n rows
+    omitted …" before entry i (i == len(trace): after the last).
     """
     entries = list(trace)
     if not entries:
@@ -777,8 +786,13 @@ def ladder(trace: Iterable[TraceEntry], *, relative: bool = True, width: int | N
         bases=bases, t0=t0, state=local_changes[0][0] if local_changes else None, cut=width,
         color=color, ascii_only=ascii_only)
     lines = writer.header(*ends) if ends is not None else []
-    for entry in entries:
-        lines += writer.lines(entry)
+    gaps = omitted or {}
+    dots = _ASCII.ellipsis if ascii_only else _UNICODE.ellipsis
+    for i, entry in enumerate([*entries, None]):
+        if gaps.get(i):
+            lines.append(" " * prefix_width + f"{dots} {gaps[i]} rows omitted {dots}")
+        if entry is not None:
+            lines += writer.lines(entry)
     lines += writer.footer(entries)
     return "\n".join(lines)
 

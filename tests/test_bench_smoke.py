@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tcpscapy.bench import __main__ as runner
-from tcpscapy.bench import engine, memory, syncookies, wire
+from tcpscapy.bench import cost, engine, memory, syncookies, wire
 from tcpscapy.bench.wire import Sizes, Wire
 from tcpscapy.lab import Lab, LabNeedsRoot
 
@@ -164,3 +164,14 @@ def test_the_lab_is_removed_after_a_run() -> None:
         lab: Lab = w.lab
         assert lab.exists()
     assert not lab.exists()
+
+
+@pytest.mark.wire
+@pytest.mark.parametrize("name", [name for name, _, _ in cost.figures(Wire(TINY))])
+def test_cost_figures_give_positive_numbers(name: str, bench_wire: Wire,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for knob, value in (("ROUNDS", 3), ("WARMUP", 1), ("PORTS", 5), ("SPAWNS", 1),
+                        ("REQUESTS", 5)):
+        monkeypatch.setattr(cost, knob, value)
+    (fn,) = [f for n, _, f in cost.figures(bench_wire) if n == name]
+    _positive(fn())

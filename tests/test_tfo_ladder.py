@@ -134,7 +134,7 @@ def test_connect_usage_errors(args: list[str], message: str) -> None:
 @pytest.mark.usefixtures("no_network")
 def test_connect_takes_the_fast_open_flags(tmp_path: Path) -> None:
     svg = tmp_path / "ladder.svg"
-    result = CliRunner().invoke(main, ["connect", "10.77.0.2:80", "--tfo", "--tfo-cache",
+    result = CliRunner().invoke(main, ["connect", "192.0.2.1:80", "--tfo", "--tfo-cache",
                                        str(tmp_path / "c.json"), "--ladder-svg", str(svg)])
     assert result.exit_code == 4  # parsed; stopped at the (stubbed) privilege check
     assert svg.exists()  # checked writable before any traffic

@@ -85,8 +85,8 @@ def lesson(lab: Lab, les: Lesson) -> None:
     if zero:  # the excerpt: the handshake, the window closing, the probes, the reopening
         first = trace.index(zero[0])
         last = trace.index(reopen) if reopen is not None else len(trace) - 1
-        les.ladder(trace[:5] + trace[max(first - 6, 5):last + 2],
-                   "the handshake, then the window closing, the probes and the reopening")
+        les.excerpt(trace, [(0, 5), (first - 6, last + 2)],
+                    "the handshake, then the window closing, the probes and the reopening")
     answered = [p for p in found if (reply := next_out(trace, p)) is not None
                 and reply.segment is not None and reply.segment.window == 0]
     times = [zero[0].time] + [p.time for p in found] if zero else []

@@ -1,9 +1,10 @@
 """What every lab script shares: a throwaway lab, kernel peers, checks, the ladder.
 
 A lab script calls `run(number, title, lesson)`. `run` builds a lab of its own
-(namespaces lab<random>-client|server|attacker|sw: client 10.77.0.1, server
-10.77.0.2, attacker 10.77.0.3), calls `lesson(lab, les)`, and always removes
-the lab again. The lesson prints what happens and calls `les.check(...)` for
+(namespaces PREFIX<random>-client|server|attacker|sw: client 10.77.0.1, server
+10.77.0.2, attacker 10.77.0.3; PREFIX is "lab", or `--prefix P` on the
+script's command line, or $TCPSCAPY_LAB_PREFIX), calls `lesson(lab, les)`, and
+always removes the lab again. The lesson prints what happens and calls `les.check(...)` for
 each outcome it teaches; the script ends with a line
 
     RESULT {"lab": 4, "ok": true, "checks": {...}, "facts": {...}}
@@ -14,7 +15,9 @@ each outcome it teaches; the script ends with a line
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -32,7 +35,7 @@ from tcpscapy.core.state import State
 from tcpscapy.io import codec
 from tcpscapy.io.driver import close_all
 from tcpscapy.io.rawsock import open_link
-from tcpscapy.lab import Lab
+from tcpscapy.lab import Lab, LabUsageError
 from tcpscapy.trace import TraceEntry, ladder
 
 CLIENT, SERVER, ATTACKER = "10.77.0.1", "10.77.0.2", "10.77.0.3"
@@ -101,6 +104,25 @@ class Lesson:
         width = shutil.get_terminal_size().columns if self.color else None
         print(ladder(trace, relative=not absolute, width=width, color=self.color), flush=True)
 
+    def excerpt(self, trace: list[TraceEntry], spans: Iterable[tuple[int, int]],
+                title: str) -> None:
+        """A ladder of trace[start:stop] for each span, saying how many rows each gap left
+        out (the data segments of a long transfer, say)."""
+        entries: list[TraceEntry] = []
+        omitted: dict[int, int] = {}
+        at = 0
+        for start, stop in spans:
+            start, stop = max(start, at), min(stop, len(trace))
+            if start > at:
+                omitted[len(entries)] = start - at
+            entries += trace[start:stop]
+            at = max(at, stop)
+        if at < len(trace):
+            omitted[len(entries)] = len(trace) - at
+        print(f"\n-- {title}")
+        width = shutil.get_terminal_size().columns if self.color else None
+        print(ladder(entries, width=width, color=self.color, omitted=omitted), flush=True)
+
     def fact(self, name: str, value: Any) -> Any:
         """A figure worth printing (and handing to the tests)."""
         self.facts[name] = value
@@ -125,8 +147,16 @@ def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None]) -> NoRet
         print(f"lab {number} needs root (network namespaces, raw sockets): run it as root",
               file=sys.stderr)
         sys.exit(EXIT_NEEDS_ROOT)
+    parser = argparse.ArgumentParser(description=f"Lab {number}: {title}")
+    parser.add_argument("--prefix", default=os.environ.get("TCPSCAPY_LAB_PREFIX") or "lab",
+                        help="lab namespace name prefix; a random suffix is added "
+                             "(default: $TCPSCAPY_LAB_PREFIX, else lab)")
+    args = parser.parse_args()
     les = Lesson(number, title)
-    lab = Lab(f"lab{secrets.token_hex(3)}")
+    try:
+        lab = Lab(f"{args.prefix}{secrets.token_hex(3)}")
+    except LabUsageError as exc:
+        parser.error(str(exc))
     print(f"Lab {number}: {title}")
     print(f"(lab {lab.prefix}: client {CLIENT}, server {SERVER}, attacker {ATTACKER})")
     started = time.monotonic()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import engine, floor, memory, profiling, syncookies, wire
+from tcpscapy.bench import cost, engine, floor, memory, profiling, syncookies, wire
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -64,6 +64,7 @@ TARGETS: dict[str, Target] = {
     memory.DRIVER_1K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_10K: Target("<=", 4096, "≤ 4 KB"),
     memory.DRIVER_NO_TRACE_10K: Target("<=", 4096, "≤ 4 KB"),
+    cost.KEEPALIVE_TCPSCAPY: Target("<=", 1000, "≤ 1 ms"),
 }
 RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("tcpscapy.connect() / kernel connect()", wire.CONNECT_TCPSCAPY, wire.CONNECT_KERNEL,
@@ -79,7 +80,18 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("2 processes fed only their port / 1", wire.SERVER_TCPSCAPY_2_OWN, wire.SERVER_TCPSCAPY,
      None),
     ("tcpscapy listen --workers 2 / tcpscapy listen", wire.SERVER_CLI_WORKERS_2, wire.SERVER_CLI,
-     None),
+     Target(">=", 1.6, "≥ 1.6x")),
+    ("tcpscapy listen (the command) / tcpscapy.listen() loop", wire.SERVER_CLI,
+     wire.SERVER_TCPSCAPY, Target(">=", 0.8, "≥ 0.8x")),
+    ("client loop: connect+abort / connect+close", cost.LOOP_ABORT, cost.LOOP_CLOSE,
+     Target("<=", 1.5, "≤ 1.5x")),
+    ("client loop: connect+close / bare AF_PACKET floor", cost.LOOP_CLOSE, floor.FLOOR,
+     Target("<=", 2, "≤ 2x")),
+    ("client loop: connect+abort / bare AF_PACKET floor", cost.LOOP_ABORT, floor.FLOOR,
+     Target("<=", 2, "≤ 2x")),
+    ("owning a port: iptables rule / ipset member", cost.PORT_IPTABLES, cost.PORT_SET, None),
+    ("keep-alive per request: tcpscapy listen --http / kernel server", cost.KEEPALIVE_TCPSCAPY,
+     cost.KEEPALIVE_KERNEL, None),
     ("bulk send: tcpscapy / kernel", wire.BULK_SEND, wire.BULK_KERNEL_SEND, None),
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
 ]
@@ -232,8 +244,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
-    return [*w.figures(), *floor.FIGURES, *syncookies.FIGURES, *memory.figures(w, quick=quick),
-            *engine.FIGURES]
+    return [*w.figures(), *cost.figures(w), *floor.FIGURES, *syncookies.FIGURES,
+            *memory.figures(w, quick=quick), *engine.FIGURES]
 
 
 def main(argv: list[str] | None = None) -> None:

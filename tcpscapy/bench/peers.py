@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -131,6 +132,13 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
     return data
 
 
+def _recv_some(conn: socket.socket) -> bytes:
+    more = conn.recv(CHUNK)
+    if not more:
+        raise ConnectionError("the server closed the kept-alive connection")
+    return more
+
+
 def _drain(conn: socket.socket) -> int:
     buf = bytearray(CHUNK)
     total = 0
@@ -160,11 +168,31 @@ def _handle_source(conn: socket.socket) -> None:
         left -= conn.send(_ZEROS[: min(left, CHUNK)])
 
 
+PAGE = bytes(range(32, 127)) * 6 + b"\n"  # 571 bytes: what both keep-alive servers serve
+
+
+def _handle_http(conn: socket.socket) -> None:
+    """A keep-alive HTTP/1.1 server at its simplest: every request head gets PAGE, the
+    whole response in one send (what a kernel server such as nginx does)."""
+    response = (b"HTTP/1.1 200 OK\r\nServer: kernel\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(PAGE)) + PAGE
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            more = conn.recv(CHUNK)
+            if not more:
+                return
+            buf += more
+        buf = buf.split(b"\r\n\r\n", 1)[1]
+        conn.sendall(response)
+
+
 KERNEL_HANDLERS: dict[str, Callable[[socket.socket], None]] = {
     "close": _handle_close,
     "discard": _handle_discard,
     "sink": _handle_sink,
     "source": _handle_source,
+    "http": _handle_http,
 }
 
 
@@ -297,6 +325,8 @@ class Client:
             return self.hold(req["host"], req["port"], req["count"])
         if op == "release":
             return self.release()
+        if op == "keepalive":
+            return self.keepalive(req["host"], req["port"], req["count"], req["path"])
         raise ValueError(f"unknown request {op!r}")
 
     def cycles(self, host: str, ports: list[int], count: int, threads: int) -> Json:
@@ -330,6 +360,29 @@ class Client:
         for _ in range(count):
             self.held.append(socket.create_connection((host, port), SOCKET_TIMEOUT))
         return {"held": len(self.held), "seconds": time.perf_counter() - began}
+
+    def keepalive(self, host: str, port: int, count: int, path: str) -> Json:
+        """`count` GETs of `path` on one kept-alive connection, each read whole before the
+        next is sent (as `ab -k -c1`); answer {"median", "mean": seconds per request,
+        "bytes": of a body}. The median is what a busy shared machine leaves readable."""
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        times = []
+        with socket.create_connection((host, port), SOCKET_TIMEOUT) as s:
+            buf = b""
+            for _ in range(count):
+                began = time.perf_counter()
+                s.sendall(request)
+                while b"\r\n\r\n" not in buf:
+                    buf += _recv_some(s)
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                while len(buf) < length:
+                    buf += _recv_some(s)
+                body, buf = buf[:length], buf[length:]
+                times.append(time.perf_counter() - began)
+        return {"median": statistics.median(times), "mean": sum(times) / count,
+                "bytes": len(body)}
 
     def release(self) -> Json:
         linger_off = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")

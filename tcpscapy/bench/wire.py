@@ -133,6 +133,11 @@ class Wire:
     def tcpscapy_ports(self, n: int = 1, feed: str = "all") -> list[int]:
         return [int(peer.ready["port"]) for peer in self.tcpscapy_servers(n, feed)]
 
+    def idle(self) -> None:
+        """Stop every tcpscapy process and driver in the lab (a figure of kernel peers,
+        or one that starts its own)."""
+        self._only()
+
     def holder(self, trace_limit: int | None = None) -> Peer:
         """A fresh tcpscapy listener process that keeps every connection (memory figures);
         its connections keep `trace_limit` trace entries (None: the library's default)."""

@@ -15,6 +15,7 @@ def main() -> None:
 
 
 # Subcommands register here, one line each.
+from tcpscapy.cli.capture import ladder, plot  # noqa: E402
 from tcpscapy.cli.connect import connect  # noqa: E402
 from tcpscapy.cli.guard import guard  # noqa: E402
 from tcpscapy.cli.lab import lab  # noqa: E402
@@ -26,3 +27,5 @@ main.add_command(lab)
 main.add_command(connect)
 main.add_command(listen)
 main.add_command(shell)
+main.add_command(plot)
+main.add_command(ladder)

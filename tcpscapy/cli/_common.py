@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -95,10 +96,12 @@ def usage_error(message: str) -> click.UsageError:
 # -- parsing -----------------------------------------------------------------------------
 
 
-def parse_address(text: str, *, host_optional: bool) -> tuple[str | None, int]:
+def parse_address(text: str, *, host_optional: bool, services: bool = False
+                  ) -> tuple[str | None, int]:
     """HOST:PORT (or PORT alone when `host_optional`) -> (host or None, port).
 
-    Port 0 is accepted only with `host_optional` (listen: pick a free port).
+    Port 0 is accepted only with `host_optional` (listen: pick a free port). With
+    `services`, PORT may be a service name of /etc/services (http, ssh, ...).
     """
     text = text.strip()
     if text.startswith("[") or text.count(":") > 1:
@@ -109,6 +112,12 @@ def parse_address(text: str, *, host_optional: bool) -> tuple[str | None, int]:
     if sep and not host:
         raise errors.BadAddress(f"bad address {text!r}: the host is empty")
     lo = 0 if host_optional else 1
+    if services and port_text and not port_text.isdigit():
+        try:
+            return (host or None), socket.getservbyname(port_text, "tcp")
+        except OSError:
+            raise errors.BadAddress(f"bad port {port_text!r} in {text!r}: no such TCP "
+                                    "service in /etc/services") from None
     if not port_text.isdigit() or not lo <= int(port_text) <= 0xFFFF:
         raise errors.BadAddress(f"bad port {port_text!r} in {text!r}: expected {lo}-65535")
     return (host or None), int(port_text)
@@ -151,7 +160,7 @@ def parse_wscale(value: str | None) -> int | Literal[False] | None:
 def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
                    no_timestamps: bool, window: int | None, retries: int | None,
                    rto: float | None, user_timeout: float | None = None,
-                   keepalive: float | None = None) -> dict[str, Any]:
+                   keepalive: float | None = None, nodelay: bool = False) -> dict[str, Any]:
     """Keyword options for tcpscapy.connect()/listen() from the shared CLI flags."""
     options: dict[str, Any] = {}
     scale = parse_wscale(wscale)
@@ -161,6 +170,8 @@ def engine_options(*, mss: int | None, wscale: str | None, no_sack: bool,
         options["sack"] = False
     if no_timestamps:
         options["timestamps"] = False
+    if nodelay:
+        options["nodelay"] = True
     for name, value in (("mss", mss), ("window", window), ("retries", retries), ("rto", rto),
                         ("user_timeout", user_timeout), ("keepalive", keepalive)):
         if value is not None:
@@ -187,6 +198,9 @@ def engine_option_flags(*, retries_help: str) -> Callable[[F], F]:
                           "(RFC 5482; default: after the retransmissions run out)."),
         click.option("--keepalive", type=click.FloatRange(0.001, 86400), metavar="SECONDS",
                      help="Probe an idle peer after this long (default: off)."),
+        click.option("--nodelay", is_flag=True,
+                     help="Send small segments at once, without waiting for ACKs "
+                          "(Nagle off, as TCP_NODELAY)."),
     ]
 
     def apply(func: F) -> F:

@@ -5,8 +5,9 @@ guessed from the name, index.html for directories (a redirect adds the
 missing slash), 404, 403 for any path that leaves the root ('..', symlinks),
 keep-alive (HTTP/1.1 by default, HTTP/1.0 on request) and pipelining. No
 request bodies beyond a small discarded Content-Length, no chunked uploads.
-Works on anything with recv(max, timeout) and sendall(data), so it is tested
-without a network.
+Written as steps (tcpscapy.cli._steps): `serve_steps` runs in the listen command's
+event loop, `serve` over anything with recv(max, timeout) and sendall(data), so it
+is tested without a network.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import re
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import unquote, urlsplit
+
+from tcpscapy.cli._steps import Steps, Stream, recv, run, sendall
 
 MAX_HEAD = 16 * 1024  # request line + headers
 MAX_BODY = 1 << 20  # a GET/HEAD body we read and throw away
@@ -31,11 +33,6 @@ _REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 403: "Forbi
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             413: "Content Too Large", 431: "Request Header Fields Too Large",
             501: "Not Implemented", 505: "HTTP Version Not Supported"}
-
-
-class Stream(Protocol):
-    def recv(self, max: int = ..., timeout: float | None = ...) -> bytes: ...
-    def sendall(self, data: bytes, timeout: float | None = ...) -> None: ...
 
 
 class _Reject(Exception):
@@ -73,27 +70,32 @@ def serve(conn: Stream, root: str | Path, *, idle: float = IDLE_TIMEOUT) -> Serv
     Returns normally in every case the client caused (the caller then closes);
     connection errors (reset, ...) propagate.
     """
+    return run(serve_steps(root, idle=idle), conn)
+
+
+def serve_steps(root: str | Path, *, idle: float = IDLE_TIMEOUT) -> Steps[Served]:
+    """serve() as steps, for an event loop."""
     base = Path(root).resolve()
     served = Served()
     buf = bytearray()
     while True:
         try:
-            head = _read_head(conn, buf, idle)
+            head = yield from _read_head(buf, idle)
             if head is None:
                 return served  # closed or idle between requests
             request = _parse(head)
-            _discard_body(conn, buf, request, idle)
+            yield from _discard_body(buf, request, idle)
         except _Reject as exc:
-            _send_error(conn, exc.status, keep_alive=False, version=(1, 1))
+            yield from _send_error(exc.status, keep_alive=False, version=(1, 1))
             served.requests.append(("?", "?", exc.status))
             return served
-        status, keep = _respond(conn, base, request)
+        status, keep = yield from _respond(base, request)
         served.requests.append((request.method, request.target, status))
         if not keep:
             return served
 
 
-def _read_head(conn: Stream, buf: bytearray, idle: float) -> bytes | None:
+def _read_head(buf: bytearray, idle: float) -> Steps[bytes | None]:
     """The bytes up to the blank line ending a request head; None at EOF/idle before one."""
     while True:
         while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request
@@ -106,7 +108,7 @@ def _read_head(conn: Stream, buf: bytearray, idle: float) -> bytes | None:
         if len(buf) >= MAX_HEAD + 4:
             raise _Reject(431)
         try:
-            chunk = conn.recv(65536, timeout=idle)
+            chunk = yield from recv(65536, idle)
         except TimeoutError:
             if buf:
                 raise _Reject(408) from None
@@ -150,7 +152,7 @@ def _parse(head: bytes) -> Request:
     return request
 
 
-def _discard_body(conn: Stream, buf: bytearray, request: Request, idle: float) -> None:
+def _discard_body(buf: bytearray, request: Request, idle: float) -> Steps[None]:
     if "transfer-encoding" in request.headers:
         raise _Reject(501)
     length_text = request.headers.get("content-length", "0").split(",")[0].strip()
@@ -161,7 +163,7 @@ def _discard_body(conn: Stream, buf: bytearray, request: Request, idle: float) -
         raise _Reject(413)
     while len(buf) < left:
         try:
-            chunk = conn.recv(65536, timeout=idle)
+            chunk = yield from recv(65536, idle)
         except TimeoutError:
             raise _Reject(408) from None
         if not chunk:
@@ -170,32 +172,36 @@ def _discard_body(conn: Stream, buf: bytearray, request: Request, idle: float) -
     del buf[:left]
 
 
-def _respond(conn: Stream, base: Path, request: Request) -> tuple[int, bool]:
+def _respond(base: Path, request: Request) -> Steps[tuple[int, bool]]:
     """Send the response to one request; (status, keep the connection)."""
     keep = request.keep_alive()
     head_only = request.method == "HEAD"
     if request.method not in ("GET", "HEAD"):
-        _send_error(conn, 405, keep_alive=keep, version=request.version,
-                    extra={"Allow": "GET, HEAD"})
+        yield from _send_error(405, keep_alive=keep, version=request.version,
+                               extra={"Allow": "GET, HEAD"})
         return 405, keep
     raw = _target_path(request.target)
     path, status = _locate(base, raw)
     if path is None:
         extra = {"Location": raw + "/"} if status == 301 else None
-        _send_error(conn, status, keep_alive=keep, version=request.version, extra=extra,
-                    head_only=head_only)
+        yield from _send_error(status, keep_alive=keep, version=request.version, extra=extra,
+                               head_only=head_only)
         return status, keep
     try:
         with path.open("rb") as f:
             size = path.stat().st_size
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            conn.sendall(_head(200, {"Content-Type": kind, "Content-Length": str(size)},
-                               keep_alive=keep, version=request.version))
+            head = _head(200, {"Content-Type": kind, "Content-Length": str(size)},
+                         keep_alive=keep, version=request.version)
+            # Headers and the first chunk in one send: apart, Nagle holds the body
+            # back until the client (delaying its ACK) acknowledges the headers.
+            yield from sendall(head + (b"" if head_only else f.read(FILE_CHUNK)))
             if not head_only:
                 while chunk := f.read(FILE_CHUNK):
-                    conn.sendall(chunk)
+                    yield from sendall(chunk)
     except OSError:  # vanished or unreadable between the check and the open
-        _send_error(conn, 404, keep_alive=keep, version=request.version, head_only=head_only)
+        yield from _send_error(404, keep_alive=keep, version=request.version,
+                               head_only=head_only)
         return 404, keep
     return 200, keep
 
@@ -244,10 +250,10 @@ def _head(status: int, headers: dict[str, str], *, keep_alive: bool,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _send_error(conn: Stream, status: int, *, keep_alive: bool, version: tuple[int, int],
-                extra: dict[str, str] | None = None, head_only: bool = False) -> None:
+def _send_error(status: int, *, keep_alive: bool, version: tuple[int, int],
+                extra: dict[str, str] | None = None, head_only: bool = False) -> Steps[None]:
     body = f"{status} {_REASONS[status]}\n".encode()
     headers = {**(extra or {}), "Content-Type": "text/plain; charset=utf-8",
                "Content-Length": str(len(body))}
-    conn.sendall(_head(status, headers, keep_alive=keep_alive, version=version)
-                 + (b"" if head_only else body))
+    yield from sendall(_head(status, headers, keep_alive=keep_alive, version=version)
+                       + (b"" if head_only else body))

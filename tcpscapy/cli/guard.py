@@ -1,4 +1,4 @@
-"""`tcpscapy guard`: inspect and clean up the RST guard's iptables rules."""
+"""`tcpscapy guard`: inspect and clean up the RST guard's iptables rules and ipsets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import TypeVar
 import click
 
 from tcpscapy.cli._common import Group
-from tcpscapy.io.iptables import GuardError, GuardRule, NotRootError, cleanup, status
+from tcpscapy.io.iptables import (
+    GuardError,
+    GuardRule,
+    GuardSet,
+    NotRootError,
+    cleanup_all,
+    list_sets,
+    status,
+)
 
 EXIT_NOT_ROOT = 4
 EXIT_ERROR = 1
@@ -30,27 +38,28 @@ def _run(action: Callable[[], _T]) -> _T:
 
 @click.group(cls=Group)
 def guard() -> None:
-    """The RST guard's iptables rules (NFQUEUE, tagged "tcpscapy pid=N")."""
+    """The RST guard's iptables rules (NFQUEUE, tagged "tcpscapy pid=N") and port sets."""
 
 
 @guard.command("status")
 def status_cmd() -> None:
-    """List tcpscapy rules in this network namespace: backend, owner pid, alive or stale."""
+    """List tcpscapy rules and ipsets in this network namespace: owner pid, alive or stale."""
     rules: list[GuardRule] = _run(status)
-    if not rules:
+    sets: list[GuardSet] = _run(list_sets)
+    if not rules and not sets:
         click.echo("no tcpscapy rules")
         return
-    for rule in rules:
-        click.echo(rule.describe())
+    for found in [*rules, *sets]:
+        click.echo(found.describe())
 
 
 @guard.command("cleanup")
 @click.option("--all", "everything", is_flag=True, help="Also remove rules of live processes.")
 def cleanup_cmd(everything: bool) -> None:
-    """Remove rules whose owner process is gone (both nft and legacy backends)."""
-    removed: list[GuardRule] = _run(lambda: cleanup(everything=everything))
-    if not removed:
+    """Remove rules and ipsets whose owner process is gone (nft and legacy backends)."""
+    rules, sets = _run(lambda: cleanup_all(everything=everything))
+    if not rules and not sets:
         click.echo("nothing to remove")
         return
-    for rule in removed:
-        click.echo(f"removed {rule.describe()}")
+    for found in [*rules, *sets]:
+        click.echo(f"removed {found.describe()}")

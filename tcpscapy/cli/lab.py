@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from tcpscapy.cli._common import Group
+from tcpscapy.cli._forward import run_forwarding_signals
 from tcpscapy.io import flood as floodlib
 from tcpscapy.io.flood import DEFAULT_COUNT, MAX_COUNT, MAX_DURATION
 from tcpscapy.lab import BRIDGE, HOSTS, Lab, LabError, LabNeedsRoot, LabUsageError
@@ -34,7 +35,12 @@ prefix_option = click.option(
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"tcpscapy lab: error: {message}", err=True)
+    """One line, `tcpscapy lab up: ...`, in the style of every tcpscapy command."""
+    names, ctx = [], click.get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:  # the root is `tcpscapy` itself
+        names.append(ctx.command.name or "")
+        ctx = ctx.parent
+    click.echo(" ".join(["tcpscapy", *reversed(names or ["lab"])]) + f": {message}", err=True)
     sys.exit(code)
 
 
@@ -145,6 +151,9 @@ def status(prefix: str, as_json: bool) -> None:
 def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
     """Run a command inside a host's namespace.
 
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP are passed on to the command; exec
+    ends when it does, with its exit code (128+N if signal N killed it).
+
     \b
     Example: tcpscapy lab exec server -- ss -tln
     """
@@ -155,8 +164,8 @@ def exec_(prefix: str, host: str, command: tuple[str, ...]) -> None:
     if not argv:
         _fail("no command given: tcpscapy lab exec HOST -- CMD...", EXIT_USAGE)
     the_lab = _make_lab(prefix)
-    result = _guard(lambda: the_lab.run(host, argv, check=False))
-    sys.exit(result.returncode)
+    full = _guard(lambda: the_lab.exec_argv(host, argv))
+    sys.exit(run_forwarding_signals(full))
 
 
 @lab.command(epilog=_EXIT_CODES)

@@ -1,8 +1,8 @@
 """`tcpscapy listen [HOST:]PORT`: a server on tcpscapy's engine (echo, discard, file, HTTP).
 
-A worker thread accepts; each connection gets its own thread. The main thread
-only waits, so SIGINT/SIGTERM are handled there: the listener closes, open
-connections are reset, the summary is printed.
+The server (tcpscapy.cli._server) serves every connection on one event-loop
+thread. The main thread only waits, so SIGINT/SIGTERM are handled there: the
+listener closes, open connections are reset, the summary is printed.
 
 With `--workers N` the process forks N worker processes that each run that same
 server on one shared listening address (tcpscapy.io.workers spreads the flows);
@@ -18,9 +18,8 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +27,36 @@ import click
 
 import tcpscapy
 from tcpscapy import errors
-from tcpscapy.api import Connection, Listener, _translate, resolve
-from tcpscapy.cli import _http
+from tcpscapy.api import Listener, _translate, resolve
 from tcpscapy.cli._common import (
-    EXIT_CODES_HELP,
     Command,
     Output,
-    Recorder,
+    Style,
     check_writable,
     engine_option_flags,
     engine_options,
-    entry_json,
     parse_address,
     require_net_admin,
     signal_name,
-    start_worker,
     wait_or_signal,
 )
+from tcpscapy.cli._server import Server, Service, discard, echo, first_line, http, send_file
+from tcpscapy.cli._server import svg_path_for as svg_path_for  # where tests and users look
 from tcpscapy.core.stack import ANY
-from tcpscapy.core.state import State
 from tcpscapy.io import workers
-from tcpscapy.io.driver import TRACE_LIMIT
-from tcpscapy.svg import write_ladder_svg
-from tcpscapy.trace import ladder
 
-CLOSE_TIMEOUT = 10.0  # seconds a closed connection may take to finish its FIN exchange
-CHUNK = 65536
-IDLE_TIMEOUT = 300.0  # echo/discard: a silent client is dropped after this long
 STOP_WAIT = 30.0  # seconds stopped workers get to finish before they are killed
+
+# Only the codes listen can give: nothing it does connects, routes or times out a peer.
+EXIT_CODES = """\b
+Exit codes:
+  0  success (--once served its connection)
+  1  other error (or a worker died)
+  2  bad usage (also HOST not an address of this host)
+  4  needs root
+  7  unknown host (HOST)
+  9  address in use
+  130/143  stopped by SIGINT/SIGTERM"""
 
 _EPILOG = f"""\b
 Examples:
@@ -67,7 +68,8 @@ Examples:
 
 \b
 One line per connection on stderr: peer, bytes in/out, duration, how it
-ended (-v adds the connection's ladder; --json writes JSON objects instead).
+ended (-v adds the connection's ladder; --json writes JSON objects instead;
+-q prints errors only).
 SIGINT (Ctrl-C) or SIGTERM stops listening, resets the open connections (RST),
 prints the listener's counters and exits with 130 or 143.
 
@@ -78,216 +80,7 @@ up the workers' counters and says how many connections each served. If a
 worker dies, the others are stopped too (its flows would move to workers
 that do not know them) and listen exits with 1 or the worker's error code.
 
-{EXIT_CODES_HELP}"""
-
-
-class Counted:
-    """A connection that counts the bytes the service reads and writes."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.bytes_in = self.bytes_out = 0
-
-    def recv(self, max: int = CHUNK, timeout: float | None = IDLE_TIMEOUT) -> bytes:
-        data = self.conn.recv(max, timeout)
-        self.bytes_in += len(data)
-        return data
-
-    def sendall(self, data: bytes, timeout: float | None = None) -> None:
-        self.conn.sendall(data, timeout)
-        self.bytes_out += len(data)
-
-
-Service = Callable[[Counted], None]
-
-
-def echo(io: Counted) -> None:
-    while data := io.recv():
-        io.sendall(data)
-
-
-def discard(io: Counted) -> None:
-    while io.recv():
-        pass
-
-
-def send_file(path: Path) -> Service:
-    def service(io: Counted) -> None:
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                io.sendall(chunk)
-    return service
-
-
-def http(root: Path) -> Service:
-    def service(io: Counted) -> None:
-        _http.serve(io, root)
-    return service
-
-
-@dataclass
-class Totals:
-    connections: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-
-@dataclass(eq=False)
-class Session:
-    """One accepted connection: what its summary line needs."""
-
-    conn: Connection
-    io: Counted
-    recorder: Recorder
-    started: float = field(default_factory=time.monotonic)
-    reported: bool = False
-
-
-class Server:
-    """Accepts and serves; run() on a worker thread, stop() from the main thread."""
-
-    def __init__(self, listener: Listener, service: Service, out: Output, *, verbose: bool,
-                 max_conns: int | None, once: bool, pcap: Any, svg: str | None = None) -> None:
-        self.listener = listener
-        self.service = service
-        self.out = out
-        self.verbose = verbose
-        self.once = once
-        self.pcap = pcap  # a scapy PcapWriter, or None
-        self.svg = svg  # --ladder-svg FILE
-        self.slots = threading.BoundedSemaphore(max_conns) if max_conns else None
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.totals = Totals()
-        self.stopping = False
-        self._active: set[Session] = set()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping:
-                if self.slots is not None:
-                    self.slots.acquire()
-                recorder = Recorder(maxlen=None if self.pcap is not None else TRACE_LIMIT)
-                try:
-                    conn = self.listener.accept(on_record=recorder.record)
-                except errors.ConnectionClosed:
-                    break  # the listener was closed
-                recorder.live = True
-                session = Session(conn, Counted(conn), recorder)
-                with self._lock:
-                    self._active.add(session)
-                if self.once:
-                    self.listener.close()
-                    self._serve(session)
-                    break
-                threading.Thread(target=self._serve, args=(session,), daemon=True,
-                                 name="tcpscapy-serve").start()
-        except Exception as exc:
-            if not self.stopping:
-                self.error = exc
-        self.done.set()
-
-    def _serve(self, session: Session) -> None:
-        conn = session.conn
-        failure: BaseException | None = None
-        try:
-            self.service(session.io)
-            conn.close()
-            conn.wait_closed(CLOSE_TIMEOUT)
-        except Exception as exc:  # reset, a client silent for IDLE_TIMEOUT, ...
-            failure = exc
-            conn.abort()
-        finally:
-            if self.slots is not None:
-                self.slots.release()
-        self._report(session, failure)
-
-    def _report(self, session: Session, failure: BaseException | None, *,
-                stopped: bool = False) -> None:
-        """The connection's summary line (and ladder, and pcap packets), once.
-
-        All under the output lock: a summary taken meanwhile (stop() then report())
-        waits for a report in progress, so it counts every connection whose line is out.
-        """
-        with self.out.lock:
-            with self._lock:
-                if session.reported:
-                    return
-                session.reported = True
-                self._active.discard(session)
-            self._write_report(session, failure, stopped)
-
-    def _write_report(self, session: Session, failure: BaseException | None,
-                      stopped: bool) -> None:
-        conn, io = session.conn, session.io
-        duration = time.monotonic() - session.started
-        peer = "{}:{}".format(*conn.remote)
-        if stopped or (self.stopping and failure is not None):
-            ended = "reset by us: stopped"
-        elif failure is not None:
-            ended = _first_line(failure)
-        elif conn.state is State.TIME_WAIT:
-            ended = "closed (TIME-WAIT)"
-        elif conn.state is State.CLOSED:
-            ended = conn.close_reason or "closed"
-        else:
-            ended = f"{conn.state}: the FIN exchange did not finish in {CLOSE_TIMEOUT:g} s"
-        trace = session.recorder.snapshot()
-        self.totals.connections += 1
-        self.totals.bytes_in += io.bytes_in
-        self.totals.bytes_out += io.bytes_out
-        if self.out.style == "json":
-            if self.verbose:
-                self.out.lines(entry_json(e, trace.time_offset, conn=peer) for e in trace)
-            self.out.json(type="connection", peer=peer, bytes_in=io.bytes_in,
-                          bytes_out=io.bytes_out, duration=round(duration, 6),
-                          state=str(conn.state), ended=ended)
-        else:
-            if self.verbose:
-                self.out.line(ladder(trace, relative=self.out.relative, width=self.out.width,
-                                     color=self.out.color, ascii_only=self.out.ascii_only))
-            self.out.line(f"{peer}  in {io.bytes_in} B  out {io.bytes_out} B  "
-                          f"{duration:.3f} s  {ended}")
-        if self.pcap is not None:
-            self.pcap.write(list(trace.to_scapy()))
-            self.pcap.flush()
-        if self.svg is not None:
-            self._write_svg(trace, conn)
-
-    def _write_svg(self, trace: Any, conn: Connection) -> None:
-        """The connection's ladder as SVG: FILE itself with --once, else FILE named
-        after the peer (a failure is reported, the server goes on)."""
-        assert self.svg is not None
-        path = self.svg if self.once else svg_path_for(self.svg, conn.remote)
-        (lip, lport), (rip, rport) = conn.local, conn.remote
-        title = f"tcpscapy listen {lip}:{lport} \N{EM DASH} client {rip}:{rport}"
-        try:
-            write_ladder_svg(trace, path, relative=self.out.relative, title=title)
-        except OSError as exc:
-            self.out.error(f"cannot write --ladder-svg {path}: {exc.strerror}", 1)
-
-    def stop(self) -> None:
-        """Close the listener, reset the open connections and report them."""
-        self.stopping = True
-        self.listener.close()
-        with self._lock:
-            sessions = list(self._active)
-        for session in sessions:
-            session.conn.abort()
-        for session in sessions:
-            self._report(session, None, stopped=True)
-
-    def report(self) -> dict[str, Any]:
-        """The summary's figures: connections, bytes, the listener's counters."""
-        ip, port = self.listener.local
-        with self.out.lock:
-            return {"listen": f"{ip}:{port}", "connections": self.totals.connections,
-                    "bytes_in": self.totals.bytes_in, "bytes_out": self.totals.bytes_out,
-                    "counters": dict(self.listener.engine.counters)}
-
-    def summary(self) -> None:
-        print_summary(self.out, self.report())
+{EXIT_CODES}"""
 
 
 def print_summary(out: Output, report: dict[str, Any], *,
@@ -297,6 +90,8 @@ def print_summary(out: Output, report: dict[str, Any], *,
         extra = {} if workers is None else {"workers": workers}
         out.json(type="summary", **report, **extra)
         return
+    if out.style == "quiet":
+        return
     out.line(f"{report['listen']}: {report['connections']} connections, in "
              f"{report['bytes_in']} B, out {report['bytes_out']} B")
     if workers is not None:
@@ -305,15 +100,8 @@ def print_summary(out: Output, report: dict[str, Any], *,
     out.line("counters: " + " ".join(f"{k}={v}" for k, v in report["counters"].items()))
 
 
-def svg_path_for(base: str, peer: tuple[str, int]) -> str:
-    """FILE with the peer in its name: ladder.svg -> ladder-10.77.0.1-40000.svg."""
-    path = Path(base)
-    suffix = path.suffix or ".svg"
-    return str(path.with_name(f"{path.stem}-{peer[0]}-{peer[1]}{suffix}"))
-
-
-def _check_svg(path: str, once: bool) -> None:
-    """Fail before listening if --ladder-svg cannot be written (FILE, or its directory)."""
+def _check_svg(path: str, once: bool, option: str = "--ladder-svg") -> None:
+    """Fail before listening if `option`'s FILE cannot be written (FILE, or its directory)."""
     try:
         if once:
             with open(path, "w"):
@@ -321,12 +109,7 @@ def _check_svg(path: str, once: bool) -> None:
         elif not os.access(Path(path).parent, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "directory not writable")
     except OSError as exc:
-        raise errors.UsageError(f"cannot write --ladder-svg {path}: {exc.strerror}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise errors.UsageError(f"cannot write {option} {path}: {exc.strerror}") from None
 
 
 def _service(echo_flag: bool, discard_flag: bool, file: str | None,
@@ -377,9 +160,14 @@ def _service(echo_flag: bool, discard_flag: bool, file: str | None,
 @click.option("--ladder-svg", "svg_path", metavar="FILE",
               help="Write each connection's ladder as an SVG picture: FILE with --once, "
               "else FILE named after the client (ladder-10.77.0.1-40000.svg).")
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write each connection's time-sequence graph, cwnd and RTT as an SVG "
+              "picture: FILE with --once, else FILE named after the client.")
 @click.option("--json", "as_json", is_flag=True, help="JSON objects on stderr instead of text.")
 @click.option("-v", "--verbose", is_flag=True, help="Each connection's ladder (or its JSON "
               "entries) before its summary line.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-connection lines and no summary; "
+              "errors only.")
 @click.option("--absolute", is_flag=True, help="Absolute seq/ack in the ladder.")
 @click.option("--workers", "worker_count", type=click.IntRange(1, workers.MAX_WORKERS), default=1,
               show_default=True, metavar="N",
@@ -391,18 +179,23 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
            http_dir: str | None, backlog: int, max_conns: int | None, once: bool,
            mss: int | None, wscale: str | None, no_sack: bool, no_timestamps: bool,
            window: int | None, retries: int | None, rto: float | None,
-           user_timeout: float | None, keepalive: float | None, syncookies: str,
+           user_timeout: float | None, keepalive: float | None, nodelay: bool, syncookies: str,
            tfo: bool, pcap_path: str | None, svg_path: str | None, as_json: bool,
-           verbose: bool, absolute: bool, worker_count: int) -> None:
+           verbose: bool, quiet: bool, absolute: bool, worker_count: int,
+           plot_path: str | None) -> None:
     """Listen on [HOST:]PORT (all local addresses without HOST; port 0 picks one) on
     tcpscapy's own TCP engine, serving many clients at once. Needs root."""
-    out = Output("listen", style="json" if as_json else "ladder", relative=not absolute)
+    style: Style = "json" if as_json else "quiet" if quiet else "ladder"
+    out = Output("listen", style=style, relative=not absolute)
     try:
+        if quiet and (as_json or verbose):
+            raise errors.UsageError(f"-q and {'--json' if as_json else '-v'} exclude each other")
         mode, service = _service(echo_flag, discard_flag, file, http_dir)
         host, port = parse_address(target, host_optional=True)
         options = engine_options(mss=mss, wscale=wscale, no_sack=no_sack,
                                  no_timestamps=no_timestamps, window=window, retries=retries,
-                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive)
+                                 rto=rto, user_timeout=user_timeout, keepalive=keepalive,
+                                 nodelay=nodelay)
         options.update(syncookies=syncookies, tfo=tfo)
         if worker_count > 1 and once:
             raise errors.UsageError("--once serves one connection: it takes no --workers")
@@ -410,8 +203,11 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
             check_writable(path)
         if svg_path:
             _check_svg(svg_path, once)
+        if plot_path:
+            _check_svg(plot_path, once, "--plot")
         require_net_admin()
-        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path)
+        plan = Plan(service, mode, backlog, options, verbose, max_conns, once, svg_path,
+                    plot_path)
         if worker_count > 1:
             sys.exit(_run_workers(worker_count, host, port, plan, pcap_path, out))
         listener = tcpscapy.listen(port, host, backlog=backlog, **options)
@@ -425,13 +221,13 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
                  listen=f"{ip}:{bound}", port=bound, mode=mode)
 
     server, signum = _serve(listener, plan, out, pcap_path, announce, wait_or_signal)
-    server.summary()
+    print_summary(out, server.report())
     if signum is not None:
         out.error(f"stopped by {signal_name(signum)}", 128 + signum)
         sys.exit(128 + signum)
     if server.error is not None:
         code = errors.exit_code(server.error)
-        out.error(_first_line(server.error), code)
+        out.error(first_line(server.error), code)
         sys.exit(code)
 
 
@@ -447,6 +243,7 @@ class Plan:
     max_conns: int | None
     once: bool
     svg_path: str | None
+    plot_path: str | None = None
 
 
 def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
@@ -457,13 +254,11 @@ def _serve(listener: Listener, plan: Plan, out: Output, pcap_path: str | None,
     pcap = _pcap_writer(pcap_path) if pcap_path else None
     server = Server(listener, plan.service, out, verbose=plan.verbose,
                     max_conns=plan.max_conns, once=plan.once, pcap=pcap, svg=plan.svg_path)
+    server.plot_path = plan.plot_path
     announce()
-    start_worker(server.run, "tcpscapy-accept")
+    server.start()
     signum = wait(server.done)
-    if signum is not None:
-        server.stop()
-    else:
-        listener.close()
+    server.stop()
     if pcap is not None:
         pcap.close()
     return server, signum
@@ -511,7 +306,7 @@ def _run_workers(count: int, host: str | None, port: int, plan: Plan, pcap_path:
 def _as_tcpscapy_error(exc: Exception) -> errors.TcpscapyError:
     if isinstance(exc, errors.TcpscapyError):
         return exc
-    return errors.TcpscapyError(_first_line(exc))
+    return errors.TcpscapyError(first_line(exc))
 
 
 class _Supervisor:
@@ -629,7 +424,7 @@ def _worker(index: int, channel: workers.Channel, fan: workers.FanOut, plan: Pla
             return 128 + signum
         if server.error is not None:
             code = errors.exit_code(server.error)
-            out.error(_first_line(server.error), code)
+            out.error(first_line(server.error), code)
             return code
         return 0
     finally:

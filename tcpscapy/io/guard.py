@@ -2,9 +2,11 @@
 
 Our engine sends and receives raw segments, so the kernel sees SYN-ACKs and data for
 ports where it has no socket (or only a bound, unconnected one reserving the port)
-and answers them with RST. An iptables rule per owned local port queues the
-kernel's outgoing RSTs from that port to NFQUEUE; the handler here drops those whose
-4-tuple we own and accepts the rest.
+and answers them with RST. One iptables rule per guard queues the kernel's outgoing
+RSTs from any port in the guard's kernel set (an ipset ``tcpscapy-PID-QUEUE``, see
+tcpscapy.io.ipset) to its NFQUEUE; the handler here drops those whose 4-tuple we
+own and accepts the rest. Owning a port is adding it to the set over netlink
+(~10 us), so only start() and stop() spawn ``iptables``.
 
 Only OUTPUT needs a rule. The kernel's RST is generated locally, so it always passes
 OUTPUT, and dropping it there means it reaches neither the peer nor our own capture.
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from netfilterqueue import NetfilterQueue, Packet
 
-from tcpscapy.io import iptables
+from tcpscapy.io import ipset, iptables
 from tcpscapy.io.iptables import (
     Backend,
     GuardError,
@@ -180,7 +182,8 @@ class OwnershipTable:
 
 
 class RstGuard:
-    """NFQUEUE rules plus handler that drop the kernel's RSTs for tuples we own.
+    """An NFQUEUE rule over a kernel port set, plus the handler that drops the kernel's
+    RSTs for tuples we own.
 
     Use as a context manager, or call start()/stop(). Feed fileno() to your selector
     and call process_pending() when it is readable. Rules are removed by stop(), on
@@ -210,7 +213,10 @@ class RstGuard:
         self._table = OwnershipTable()
         self._nfq: NetfilterQueue | None = None
         self._queue_num: int | None = None
-        self._rules: dict[int, list[str]] = {}  # installed: port -> rule spec
+        self._members: set[int] = set()  # ports in our kernel set
+        self._sets: ipset.PortSet | None = None
+        self._set_name: str | None = None
+        self._rule: list[str] | None = None  # our one rule, once installed
         self._pid = os.getpid()
         # Signal handlers run on the main thread between bytecodes; if it is in the
         # middle of an iptables call or a queue run, stopping must wait until it is done.
@@ -234,8 +240,13 @@ class RstGuard:
 
     @property
     def ports(self) -> list[int]:
-        """Local ports that currently have a rule."""
-        return sorted(self._rules)
+        """Local ports that are members of our kernel set (so our rule matches them)."""
+        return sorted(self._members)
+
+    @property
+    def set_name(self) -> str | None:
+        """The ipset our rule matches, while started."""
+        return self._set_name
 
     def start(self) -> RstGuard:
         """Remove stale rules, bind a free queue, install rules for owned ports."""
@@ -266,15 +277,11 @@ class RstGuard:
             return  # a forked child inherited this object; the rules are its parent's
         with self._critical():
             failures: list[GuardError] = []
-            for port in list(self._rules):
+            for step in (self._remove_rule, self._sweep, self._destroy_set):
                 try:
-                    self._remove_rule(port)
+                    step()
                 except GuardError as err:
                     failures.append(err)
-            try:
-                self._sweep()
-            except GuardError as err:
-                failures.append(err)
             if self._nfq is not None:
                 self._nfq.run(block=False)  # verdicts for anything already queued
                 self._nfq.unbind()
@@ -316,7 +323,7 @@ class RstGuard:
     def disown(self, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> None:
         with self._critical():
             if self._table.disown(local_ip, local_port, remote_ip, remote_port):
-                self._remove_rule(local_port)
+                self._remove_member(local_port)
 
     def own_port(self, local_ip: str, local_port: int) -> None:
         """Own every remote tuple on a listening address (0.0.0.0 = any local address)."""
@@ -331,7 +338,7 @@ class RstGuard:
     def disown_port(self, local_ip: str, local_port: int) -> None:
         with self._critical():
             if self._table.disown_port(local_ip, local_port):
-                self._remove_rule(local_port)
+                self._remove_member(local_port)
 
     # -- the queue -----------------------------------------------------------------
 
@@ -386,17 +393,46 @@ class RstGuard:
 
     # -- rules -------------------------------------------------------------------
 
+    def _install(self) -> None:
+        """Our kernel set (empty) and the one rule that matches it."""
+        assert self._backend is not None and self._queue_num is not None
+        name = ipset.set_name(self._pid, self._queue_num)
+        try:
+            if self._sets is None:
+                self._sets = ipset.PortSet()
+            self._set_name = name  # from here on, stop() destroys it
+            self._sets.create(name)
+        except ipset.IpsetError as err:
+            raise GuardError(err.strerror or str(err)) from None
+        spec = iptables.set_rule_spec(name, self.mark, self._queue_num, self._pid)
+        iptables.insert_rule(self._backend, spec)
+        self._rule = spec
+
     def _add_rule(self, port: int) -> None:
-        if self._backend is None or self._queue_num is None or port in self._rules:
-            return  # not started: start() installs rules for owned ports
+        if self._backend is None or self._queue_num is None or port in self._members:
+            return  # not started: start() adds the owned ports
         if port in self.shared_ports:
             return  # the group's balanced rule queues them to us
-        spec = iptables.rst_rule_spec(port, self.mark, self._queue_num, self._pid)
-        iptables.insert_rule(self._backend, spec)
-        self._rules[port] = spec
+        if self._rule is None:
+            self._install()  # at the first port of our own: a worker may never need one
+        assert self._sets is not None and self._set_name is not None
+        try:
+            self._sets.add(self._set_name, port)
+        except ipset.IpsetError as err:
+            raise GuardError(err.strerror or str(err)) from None
+        self._members.add(port)
 
-    def _remove_rule(self, port: int) -> None:
-        spec = self._rules.pop(port, None)
+    def _remove_member(self, port: int) -> None:
+        if port not in self._members or self._sets is None or self._set_name is None:
+            return
+        self._members.discard(port)
+        try:
+            self._sets.delete(self._set_name, port)
+        except ipset.IpsetError as err:
+            raise GuardError(err.strerror or str(err)) from None
+
+    def _remove_rule(self) -> None:
+        spec, self._rule = self._rule, None
         if spec is not None and self._backend is not None:
             iptables.delete_rule(self._backend, spec)
 
@@ -407,6 +443,21 @@ class RstGuard:
         for rule in iptables.list_rules(self._backend):
             if rule.pid == self._pid and rule.queue_num == self._queue_num:
                 iptables.delete_rule(self._backend, rule.spec, rule.chain)
+
+    def _destroy_set(self) -> None:
+        """After the rule is gone: the set, and the socket we spoke to it on."""
+        sets, name = self._sets, self._set_name
+        self._sets = self._set_name = None
+        self._members.clear()
+        if sets is None:
+            return
+        try:
+            if name is not None:
+                sets.destroy(name)
+        except ipset.IpsetError as err:
+            raise GuardError(err.strerror or str(err)) from None
+        finally:
+            sets.close()
 
     # -- signal deferral ----------------------------------------------------------
 

@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcpscapy.io import ipset
 from tcpscapy.netns import NeedsRoot
 
 COMMENT_PREFIX = "tcpscapy pid="
@@ -63,10 +65,13 @@ class GuardRule:
     port: int | None
     queue_num: int | None  # the first queue of a --queue-balance range
     queue_last: int | None = None  # its last queue (None: a single --queue-num)
+    set_name: str | None = None  # the ipset of source ports it matches (--match-set)
 
     def describe(self) -> str:
         state = "alive" if self.alive else "stale"
         port = "?" if self.port is None else str(self.port)
+        if self.set_name is not None:
+            port = f"set:{self.set_name}"
         queue = "?" if self.queue_num is None else str(self.queue_num)
         if self.queue_last is not None:
             queue += f":{self.queue_last}"
@@ -74,6 +79,21 @@ class GuardRule:
             f"{self.backend:6} pid={self.pid} ({state}) chain={self.chain} "
             f"sport={port} queue={queue}"
         )
+
+
+@dataclass(frozen=True)
+class GuardSet:
+    """One tcpscapy ipset (the source ports a process's rule matches)."""
+
+    name: str
+    pid: int
+    alive: bool
+    ports: tuple[int, ...] = ()  # its members: the source ports the owner's rule matches
+
+    def describe(self) -> str:
+        state = "alive" if self.alive else "stale"
+        ports = ",".join(map(str, self.ports)) or "none"
+        return f"ipset  pid={self.pid} ({state}) set={self.name} sport={ports}"
 
 
 def has_net_admin() -> bool:
@@ -129,6 +149,20 @@ def rst_rule_spec(port: int, mark: int, queue_num: int, pid: int, *,
         "-m", "comment", "--comment", comment_for(pid),
         # --queue-bypass: with no process on the queue, packets pass (fail open).
         "-j", "NFQUEUE", *target, "--queue-bypass",
+    ]  # fmt: skip
+
+
+def set_rule_spec(set_name: str, mark: int, queue_num: int, pid: int) -> list[str]:
+    """Arguments after ``-I/-D CHAIN`` for the one rule of a process: RSTs leaving any
+    source port in ipset ``set_name`` go to its queue."""
+    if not 0 <= queue_num < 65536:
+        raise ValueError(f"queue number out of range: {queue_num}")
+    return [
+        "-p", "tcp", "--tcp-flags", "RST", "RST",
+        "-m", "set", "--match-set", set_name, "src",
+        "-m", "mark", "!", "--mark", hex(mark),
+        "-m", "comment", "--comment", comment_for(pid),
+        "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass",
     ]  # fmt: skip
 
 
@@ -274,6 +308,7 @@ def parse_rules(backend_name: str, listing: str) -> list[GuardRule]:
                 port=_int_after(spec, "--sport"),
                 queue_num=first,
                 queue_last=last,
+                set_name=_word_after(spec, "--match-set"),
             )
         )
     return rules
@@ -308,6 +343,13 @@ def split_saved(line: str) -> list[str]:
     return words
 
 
+def _word_after(words: Sequence[str], flag: str) -> str | None:
+    try:
+        return words[words.index(flag) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
 def _int_after(words: Sequence[str], flag: str) -> int | None:
     try:
         return int(words[words.index(flag) + 1])
@@ -336,17 +378,45 @@ def status() -> list[GuardRule]:
     return [rule for backend in installed_backends() for rule in list_rules(backend)]
 
 
+def list_sets() -> list[GuardSet]:
+    """Every tcpscapy ipset in this network namespace."""
+    require_root()
+    with _port_sets() as sets:
+        return [GuardSet(name, pid, pid_alive(pid), tuple(sets.members(name)))
+                for name in sets.names() if (pid := ipset.owner_pid(name)) is not None]
+
+
 def cleanup(*, everything: bool = False) -> list[GuardRule]:
     """Remove rules of dead owners (or all tcpscapy rules); return what was removed."""
+    return cleanup_all(everything=everything)[0]
+
+
+def cleanup_all(*, everything: bool = False) -> tuple[list[GuardRule], list[GuardSet]]:
+    """Remove the rules, then the ipsets, of dead owners (or all of tcpscapy's)."""
     require_root()
     removed = []
     for backend in installed_backends():
         for rule in list_rules(backend):
             if (everything or not rule.alive) and delete_rule(backend, rule.spec, rule.chain):
                 removed.append(rule)
-    return removed
+    gone = [found for found in list_sets() if everything or not found.alive]
+    if gone:
+        with _port_sets() as sets:
+            for found in gone:
+                sets.destroy(found.name)
+    return removed, gone
 
 
 def cleanup_stale() -> int:
-    """Remove rules whose owner pid no longer exists; return how many."""
+    """Remove rules and sets whose owner pid no longer exists; return how many rules."""
     return len(cleanup())
+
+
+@contextmanager
+def _port_sets() -> Iterator[ipset.PortSet]:
+    """An ipset socket whose errors are GuardErrors."""
+    try:
+        with ipset.PortSet() as sets:
+            yield sets
+    except ipset.IpsetError as err:
+        raise GuardError(err.strerror or str(err)) from None

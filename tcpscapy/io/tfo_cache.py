@@ -18,7 +18,8 @@ servers (the least recently seen are dropped). Every change re-reads the file,
 applies itself and replaces the file atomically (temporary file + rename), so
 concurrent processes lose at most a racing update, never the file. A missing or
 corrupt file counts as empty; a file that cannot be written leaves the cache
-working in memory with `error` saying why: the cache never fails a connection.
+working in memory with `error` saying why (and learn()'s line says it was not
+saved): the cache never fails a connection.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class TfoCache:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self.path = Path(path) if path is not None else default_path()
+        self._unsaved = False  # the last write failed
         self.max_entries = max_entries
         self.negative_ttl = negative_ttl
         self.clock = clock
@@ -165,7 +167,12 @@ class TfoCache:
         (TfoCookieReceived), a request left unanswered or SYN data acknowledged
         only with the SYN is negatively cached (TfoIgnored).
         """
-        key = _key(server)
+        note = self._learn(_key(server), fo, server_mss)
+        if note and self._unsaved:
+            note += f"; not saved: {self.error}"
+        return note
+
+    def _learn(self, key: str, fo: FastOpen | None, server_mss: int) -> str:
         if fo is None or fo.cookie_sent is None:
             return ""
         if fo.cookie_received:
@@ -223,6 +230,7 @@ class TfoCache:
         data = {"version": FILE_VERSION,
                 "servers": {key: _entry_to_json(entry) for key, entry in self._entries.items()}}
         tmp: str | None = None
+        self._unsaved = True
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tfo.", suffix=".tmp", dir=self.path.parent)
@@ -233,6 +241,7 @@ class TfoCache:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             tmp = None
+            self._unsaved = False
         except OSError as exc:
             self.error = f"cannot write {self.path}: {_why(exc)}"
         finally:

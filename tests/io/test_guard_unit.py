@@ -16,7 +16,7 @@ from scapy.all import IP, TCP, UDP, IPOption_NOP, IPv6, fragment, raw
 
 from tcpscapy.cli import main
 from tcpscapy.io import guard as guard_mod
-from tcpscapy.io import iptables
+from tcpscapy.io import ipset, iptables
 from tcpscapy.io.guard import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -239,19 +239,56 @@ def test_balanced_rule_needs_a_range_of_queues() -> None:
     rule.remove()  # nothing installed: nothing to do
 
 
-def test_shared_ports_get_verdicts_but_no_rule_of_their_own(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iptables, "has_net_admin", lambda: True)
-    inserted: list[list[str]] = []
-    monkeypatch.setattr(iptables, "insert_rule", lambda backend, spec: inserted.append(spec))
-    guard = RstGuard(queue_num=10001, shared_ports={8080})
-    guard._backend = iptables.Backend("nft", "/bin/false")
-    guard._queue_num = 10001
+class FakeSets:
+    """Stands in for the netlink ipset socket: records members, or fails every call."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.members: set[int] = set()
+        self.fail = fail
+
+    def add(self, name: str, port: int) -> None:
+        if self.fail:
+            raise ipset.IpsetError(1, f"ipset add {port} to {name}: Operation not permitted")
+        self.members.add(port)
+
+    def delete(self, name: str, port: int) -> None:
+        self.members.discard(port)
+
+
+def started_on(guard: RstGuard, sets: FakeSets) -> RstGuard:
+    """As start() leaves a guard whose rule is in: only the set changes from here on."""
+    guard._backend, guard._queue_num = iptables.Backend("nft", "/bin/false"), 10001
+    guard._sets, guard._set_name = sets, "tcpscapy-1-10001"  # type: ignore[assignment]
+    guard._rule = ["(installed)"]
+    return guard
+
+
+def test_shared_ports_get_verdicts_but_no_member_of_their_own() -> None:
+    sets = FakeSets()
+    guard = started_on(RstGuard(queue_num=10001, shared_ports={8080}), sets)
     guard.own_port("0.0.0.0", 8080)
-    assert inserted == [] and guard.ports == []
+    assert sets.members == set() and guard.ports == []
     assert guard._table.should_drop(tcp_bytes(LOCAL, 8080, REMOTE, 40000, "R"))
-    guard.own_port(LOCAL, 9090)  # not shared: a rule to our own queue, as ever
-    assert inserted == [iptables.rst_rule_spec(9090, guard.mark, 10001, os.getpid())]
+    guard.own_port(LOCAL, 9090)  # not shared: a member of our own set, as ever
+    assert sets.members == {9090} and guard.ports == [9090]
+    guard.disown_port(LOCAL, 9090)
+    assert sets.members == set() and guard.ports == []
+
+
+def test_set_rule_spec_matches_the_set_by_source_port() -> None:
+    spec = iptables.set_rule_spec("tcpscapy-42-10001", 0x7C5, 10001, 42)
+    assert spec[spec.index("--match-set") + 1:spec.index("--match-set") + 3] == [
+        "tcpscapy-42-10001", "src"]
+    assert "--queue-bypass" in spec and "tcpscapy pid=42" in spec
+    line = "-A OUTPUT " + " ".join(f'"{w}"' if " " in w else w for w in spec)
+    (rule,) = iptables.parse_rules("nft", line)
+    assert rule.set_name == "tcpscapy-42-10001" and rule.queue_num == 10001 and rule.pid == 42
+
+
+def test_set_names_carry_the_owner_pid() -> None:
+    assert ipset.owner_pid(ipset.set_name(4194304, 65535)) == 4194304
+    assert len(ipset.set_name(4194304, 65535)) <= ipset.NAME_MAX
+    assert ipset.owner_pid("tcpscapy-x-1") is None and ipset.owner_pid("other-12-3") is None
 
 
 def test_pid_alive_treats_zombies_as_dead() -> None:
@@ -323,11 +360,8 @@ def test_unstarted_guard() -> None:
         guard.fileno()
 
 
-def test_failed_rule_insert_leaves_nothing_owned(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iptables, "has_net_admin", lambda: True)
-    guard = RstGuard()
-    guard._backend = iptables.Backend("nft", "/bin/false")  # every iptables call fails
-    guard._queue_num = 10000
+def test_failed_member_add_leaves_nothing_owned() -> None:
+    guard = started_on(RstGuard(), FakeSets(fail=True))  # every set change fails
     with pytest.raises(iptables.GuardError):
         guard.own(LOCAL, 443, REMOTE, 1)
     with pytest.raises(iptables.GuardError):
@@ -410,3 +444,23 @@ def test_signal_mid_operation_waits_for_it() -> None:
         finished.append("rest of the operation")  # the handler must not cut in here
         assert guard.stops == 0
     assert finished and guard.stops == 1
+
+
+def test_rule_and_set_come_with_the_first_port_of_our_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that only serves the group's shared port never installs a rule (a
+    SIGKILLed worker then leaves nothing behind)."""
+    guard = RstGuard(queue_num=10001, shared_ports={8080})
+    guard._backend, guard._queue_num = iptables.Backend("nft", "/bin/false"), 10001
+    installs: list[int] = []
+
+    def install() -> None:
+        installs.append(1)
+        started_on(guard, FakeSets())
+
+    monkeypatch.setattr(guard, "_install", install)
+    guard.own_port("0.0.0.0", 8080)
+    assert installs == []
+    guard.own(LOCAL, 9090, REMOTE, 1)
+    guard.own(LOCAL, 9091, REMOTE, 1)
+    assert installs == [1] and guard.ports == [9090, 9091]

@@ -219,7 +219,7 @@ def test_cli_refuses_a_lab_that_is_not_up(unique_prefix: str) -> None:
     res = subprocess.run([sys.executable, "-m", "tcpscapy", "lab", "flood", "--prefix",
                           unique_prefix], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
-    assert res.stderr.startswith("tcpscapy lab: error: lab") and "is down" in res.stderr
+    assert res.stderr.startswith("tcpscapy lab flood: lab") and "is down" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 

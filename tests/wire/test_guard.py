@@ -90,8 +90,15 @@ def ns_run(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def ns_rules_text(name: str) -> str:
-    """Both backends' rule dumps in the namespace."""
-    return ns_run(name, "iptables-nft-save").stdout + ns_run(name, "iptables-legacy-save").stdout
+    """Both backends' rule dumps and every ipset (the guard's port sets) in the namespace."""
+    return (ns_run(name, "iptables-nft-save").stdout + ns_run(name, "iptables-legacy-save").stdout
+            + ns_run(name, "ipset", "save").stdout)
+
+
+def set_members(dump: str, pid: int | None = None) -> list[int]:
+    """Ports in tcpscapy's ipsets (of owner ``pid`` if given), per ``ipset save``."""
+    prefix = "add tcpscapy-" + (f"{pid}-" if pid is not None else "")
+    return sorted(int(line.split()[2]) for line in dump.splitlines() if line.startswith(prefix))
 
 
 # -- packets --------------------------------------------------------------------
@@ -180,7 +187,8 @@ def test_owned_tuple_rst_dropped_others_pass(netns: str, backend: str) -> None:
     assert (port, 40001) not in out["during"]  # type: ignore[operator]
     assert (port, 40002) in out["during"]  # type: ignore[operator]
     assert out["counts"] == (1, 1)
-    assert f"--sport {port}" in out["rules"]  # type: ignore[operator]
+    assert set_members(out["rules"]) == [port]  # type: ignore[arg-type]
+    assert "--match-set tcpscapy-" in out["rules"]  # type: ignore[operator]
     assert "tcpscapy" not in ns_rules_text(netns)
 
 
@@ -193,7 +201,8 @@ def test_default_backend_is_the_system_iptables(netns: str) -> None:
 
     name, dump = in_netns(netns, scenario)
     assert name == iptables.default_backend().name
-    assert "tcpscapy pid=" in dump and "--sport 4242" in dump and "--queue-bypass" in dump
+    assert "tcpscapy pid=" in dump and "--queue-bypass" in dump and "--match-set" in dump
+    assert set_members(ns_run(netns, "ipset", "save").stdout) == []  # gone with the guard
 
 
 def test_listener_port_covers_every_remote(netns: str) -> None:
@@ -228,13 +237,13 @@ def test_marked_rst_skips_the_queue(netns: str) -> None:
     assert (dropped, accepted) == (1, 0)
 
 
-def test_rules_follow_first_own_and_last_disown(netns: str) -> None:
-    def scenario() -> list[tuple[list[int], int]]:
+def test_set_members_follow_first_own_and_last_disown(netns: str) -> None:
+    def scenario() -> list[tuple[list[int], list[int], int]]:
         steps = []
 
         def snap(guard: RstGuard) -> None:
-            dump = ns_run(netns, "iptables-save").stdout
-            steps.append((guard.ports, dump.count("tcpscapy pid=")))
+            dump = ns_rules_text(netns)
+            steps.append((guard.ports, set_members(dump), dump.count("tcpscapy pid=")))
 
         with RstGuard() as guard:
             guard.own(LOOP, 5000, LOOP, 1)
@@ -249,7 +258,9 @@ def test_rules_follow_first_own_and_last_disown(netns: str) -> None:
             snap(guard)
         return steps
 
-    assert in_netns(netns, scenario) == [([5000], 1), ([5000, 6000], 2), ([5000, 6000], 2), ([], 0)]
+    # One rule the whole time; the ports come and go as members of the set.
+    assert in_netns(netns, scenario) == [([5000], [5000], 1), ([5000, 6000], [5000, 6000], 1),
+                                         ([5000, 6000], [5000, 6000], 1), ([], [], 1)]
 
 
 def test_stop_removes_rules_even_on_exception(netns: str) -> None:
@@ -298,7 +309,7 @@ def test_forked_child_leaves_parent_rules_alone(netns: str) -> None:
             return status_word, ns_rules_text(netns)
 
     status_word, dump = in_netns(netns, scenario)
-    assert status_word == 0 and "--sport 7100" in dump
+    assert status_word == 0 and set_members(dump) == [7100]
     assert "tcpscapy" not in ns_rules_text(netns)
 
 
@@ -356,7 +367,7 @@ def test_signal_removes_rules_and_exits_with_code(
     netns: str, guard_process: Callable[[str, int], subprocess.Popen[str]], signum: int, code: int
 ) -> None:
     proc = guard_process("nft", 8000)
-    assert "--sport 8000" in ns_rules_text(netns)
+    assert set_members(ns_rules_text(netns), proc.pid) == [8000]
     proc.send_signal(signum)
     assert proc.wait(timeout=10) == code
     assert "tcpscapy" not in ns_rules_text(netns)
@@ -376,6 +387,8 @@ def test_sigkill_fails_open_and_cleanup_removes_stale(
         shown = ns_run(netns, sys.executable, "-m", "tcpscapy", "guard", "status")
         assert shown.returncode == 0
         assert f"pid={proc.pid} (stale)" in shown.stdout and backend in shown.stdout
+        assert f"ipset  pid={proc.pid} (stale)" in shown.stdout
+        assert set_members(ns_rules_text(netns), proc.pid) == [port]
 
         def probe(wire: Wire, _unused: int) -> set[tuple[int, int]]:
             wire.send(43001, port, "SA")
@@ -408,10 +421,45 @@ def test_cleanup_stale_spares_live_owners(
     removed, left = in_netns(netns, scenario)
     assert removed == 1
     assert left == [("nft", alive.pid, True)]
+    dump = ns_rules_text(netns)
+    assert set_members(dump) == set_members(dump, alive.pid) == [9002]  # the dead one's set went
 
     swept = ns_run(netns, sys.executable, "-m", "tcpscapy", "guard", "cleanup", "--all")
     assert swept.returncode == 0 and f"pid={alive.pid}" in swept.stdout
     assert "tcpscapy" not in ns_rules_text(netns)
+
+
+def test_two_processes_own_ports_side_by_side(
+    netns: str, guard_process: Callable[[str, int], subprocess.Popen[str]]
+) -> None:
+    """Each process has its own rule, set and queue: each drops the kernel's RSTs for its
+    own port only, and one of them dying leaves the other's guard working."""
+    held = [in_netns(netns, reserve_port) for _ in range(3)]
+    try:
+        first_port, second_port, free_port = (sock.getsockname()[1] for sock in held)
+        first = guard_process("nft", first_port)
+        second = guard_process("legacy", second_port)
+        dump = ns_rules_text(netns)
+        assert set_members(dump, first.pid) == [first_port]
+        assert set_members(dump, second.pid) == [second_port]
+
+        def probe(wire: Wire, _unused: int) -> set[tuple[int, int]]:
+            for port in (first_port, second_port, free_port):
+                wire.send(44001, port, "SA")
+            return wire.rsts()
+
+        seen = in_netns(netns, with_wire(probe))
+        assert (free_port, 44001) in seen  # owned by nobody: the kernel's RST goes out
+        assert (first_port, 44001) not in seen and (second_port, 44001) not in seen
+
+        first.kill()
+        first.wait(timeout=5)
+        seen = in_netns(netns, with_wire(probe))
+        assert (first_port, 44001) in seen  # its owner is gone: fails open
+        assert (second_port, 44001) not in seen  # the other process still guards its port
+    finally:
+        for sock in held:
+            sock.close()
 
 
 CRASH_SCRIPT = """

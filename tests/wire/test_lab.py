@@ -315,6 +315,6 @@ def test_cli_bad_prefix_is_a_usage_error() -> None:
 def test_cli_without_root_exits_4(unique_prefix: str, command: list[str]) -> None:
     res = tcpscapy("lab", command[0], "--prefix", unique_prefix, *command[1:], unprivileged=True)
     assert res.returncode == 4
-    assert res.stderr == ("tcpscapy lab: error: the lab needs root: "
+    assert res.stderr == (f"tcpscapy lab {command[0]}: the lab needs root: "
                           "network namespaces require CAP_SYS_ADMIN\n")
     assert lab_namespaces(unique_prefix) == []
