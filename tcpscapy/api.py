@@ -30,9 +30,9 @@ from typing import Any
 
 from tcpscapy import errors, lab, netns
 from tcpscapy.core.config import Config
-from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
+from tcpscapy.core.family import default_mss
 from tcpscapy.core.segment import ACK, SYN, Segment
 from tcpscapy.core.state import State
 from tcpscapy.core.tfo import FastOpen
@@ -693,10 +693,11 @@ def _tfo_cache(tfo: bool, cache: Any) -> TfoCache | None:
 
 
 def _server_mss(ep: Endpoint) -> int:
-    """The MSS the server's SYN-ACK announced (536 if none), for the cookie cache."""
+    """The MSS the server's SYN-ACK announced (the family's default if none), for the
+    cookie cache."""
     for seg in ep.trace.segments("in"):
         if seg.flags & (SYN | ACK) == SYN | ACK:
-            return seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+            return seg.options.mss if seg.options.mss is not None else default_mss(seg.src)
     return ep.conn.snd_mss  # the trace kept nothing: the MSS we use is bounded by it
 
 

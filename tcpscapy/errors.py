@@ -61,7 +61,7 @@ class UsageError(TcpscapyError, ValueError):
 
 
 class BadAddress(UsageError):
-    """Not a usable IPv4 address or port."""
+    """Not a usable address or port (one line naming what is wrong)."""
 
 
 class BadOption(UsageError):
@@ -105,7 +105,7 @@ class ConnectionReset(TcpscapyError, ConnectionResetError):
 
 
 class UnknownHost(TcpscapyError):
-    """The host name does not resolve to an IPv4 address."""
+    """The host name does not resolve (to an address of the requested family)."""
 
     exit_code = 7
 

@@ -17,6 +17,7 @@ from . import events as ev
 from . import tfo
 from .config import Config
 from .errors import LocalProtocolError
+from .family import default_mss
 from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
 from .path import PathMixin, PathState
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 _UNPREDICTED = SYN | FIN | RST | URG | ACK  # of these, only ACK may be set on the fast path
 _PREDICTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT})
-DEFAULT_MSS = 536  # RFC 9293 MUST-15: assumed when the peer sends no MSS option
+DEFAULT_MSS = 536  # RFC 9293 MUST-15 (IPv4); family.default_mss chooses per peer
 MAX_WSCALE = 14  # RFC 7323 §2.3
 SYNCHRONIZED_SENDING = frozenset(
     {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
@@ -93,7 +94,7 @@ class Connection(SenderMixin, PathMixin):
         self.snd_una = self.snd_nxt = 0
         self.snd_wnd = self.max_snd_wnd = 0
         self.snd_wl1 = self.snd_wl2 = 0
-        self.snd_mss = DEFAULT_MSS
+        self.snd_mss = default_mss(remote[0])
         self.snd_wscale = 0
         self._sendbuf = SendBuffer(0, cfg.send_buffer)
         self._fin_queued = False
@@ -198,7 +199,8 @@ class Connection(SenderMixin, PathMixin):
         if data:
             self._sendbuf.append(data)
         if tfo_cookie is not None:
-            room = tfo.syn_data_room(tfo_mss or DEFAULT_MSS, self.config.mss) if tfo_cookie else 0
+            server_mss = tfo_mss or default_mss(self.remote[0])
+            room = tfo.syn_data_room(server_mss, self.config.mss) if tfo_cookie else 0
             self.tfo = tfo.FastOpen(tfo_experimental, cookie_sent=tfo_cookie,
                                     syn_data=min(len(self._sendbuf), room))
         self._set_state(State.SYN_SENT)
@@ -660,7 +662,8 @@ class Connection(SenderMixin, PathMixin):
     def _negotiate(self, opts: Options) -> None:
         """Settle the options from the peer's SYN: each holds only if both sides sent it."""
         cfg = self.config
-        self.snd_mss = max(min(opts.mss if opts.mss is not None else DEFAULT_MSS, cfg.mss), 64)
+        peer_mss = opts.mss if opts.mss is not None else default_mss(self.remote[0])
+        self.snd_mss = max(min(peer_mss, cfg.mss), 64)
         self.ws_ok = cfg.wscale is not None and opts.wscale is not None
         self.snd_wscale = min(opts.wscale or 0, MAX_WSCALE) if self.ws_ok else 0
         self.rcv_wscale = self._our_wscale() if self.ws_ok else 0
@@ -708,7 +711,7 @@ class Connection(SenderMixin, PathMixin):
         if fo is None:
             return  # an unsolicited cookie is ignored (Linux)
         self.snd_nxt = seg.ack  # SYN data it did not acknowledge is sent after the handshake
-        mss = seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+        mss = seg.options.mss if seg.options.mss is not None else default_mss(seg.src)
         self._events.extend(fo.on_synack(seg.options, seq_diff(seg.ack, seq_add(self.iss, 1)),
                                          mss, syn_retransmitted=self._retries > 0))
 
