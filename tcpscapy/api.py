@@ -31,9 +31,9 @@ from typing import Any
 from tcpscapy import errors, lab, netns
 from tcpscapy.core.cc import NAMES as CC_NAMES
 from tcpscapy.core.config import Config
-from tcpscapy.core.connection import DEFAULT_MSS
 from tcpscapy.core.connection import Connection as EngineConnection
 from tcpscapy.core.errors import LocalProtocolError
+from tcpscapy.core.family import default_mss
 from tcpscapy.core.segment import ACK, SYN, Segment
 from tcpscapy.core.state import State
 from tcpscapy.core.tfo import FastOpen
@@ -479,6 +479,8 @@ class Connection:
         reason = ep.conn.close_reason or "closed"
         if ep.refused:
             return errors.ConnectionRefused(f"connection to {rip}:{rport} refused")
+        if ep.conn.close_cause == "unreachable":
+            return errors.DestinationUnreachable(f"connect to {rip}:{rport}: {reason}")
         if ep.reset:
             return errors.ConnectionReset(f"{self._name()}: connection reset by the peer")
         if ep.timed_out:
@@ -707,8 +709,10 @@ def connect(host: str, port: int, *, timeout: float | None = None,
             raise
         if not ep.connected and not done:
             _give_up(drv, ep)
+            path = ep.conn.path
+            icmp = f" (last ICMP: {path.last_icmp})" if path is not None and path.last_icmp else ""
             raise _with_trace(errors.ConnectTimeout(
-                f"connect to {ip}:{port} timed out after {timeout:g} s"), ep)
+                f"connect to {ip}:{port} timed out after {timeout:g} s{icmp}"), ep)
         if not ep.connected:
             raise _with_trace(conn._failure(connecting=True), ep)
         # Copied under the lock; the cache file is written after it is released.
@@ -741,10 +745,11 @@ def _tfo_cache(tfo: bool, cache: Any) -> TfoCache | None:
 
 
 def _server_mss(ep: Endpoint) -> int:
-    """The MSS the server's SYN-ACK announced (536 if none), for the cookie cache."""
+    """The MSS the server's SYN-ACK announced (the family's default if none), for the
+    cookie cache."""
     for seg in ep.trace.segments("in"):
         if seg.flags & (SYN | ACK) == SYN | ACK:
-            return seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+            return seg.options.mss if seg.options.mss is not None else default_mss(seg.src)
     return ep.conn.snd_mss  # the trace kept nothing: the MSS we use is bounded by it
 
 

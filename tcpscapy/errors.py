@@ -15,6 +15,8 @@ so code written for sockets keeps working.
     7          unknown host          UnknownHost
     8          host unreachable      HostUnreachable (no route, no ARP answer)
     9          address in use        AddressInUse
+    10         ICMP unreachable      DestinationUnreachable (port/protocol unreachable or
+                                     administratively prohibited, in answer to our SYN)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionRefused",
     "ConnectionReset",
+    "DestinationUnreachable",
     "HostUnreachable",
     "NeedsRoot",
     "OutsideLab",
@@ -58,7 +61,7 @@ class UsageError(TcpscapyError, ValueError):
 
 
 class BadAddress(UsageError):
-    """Not a usable IPv4 address or port."""
+    """Not a usable address or port (one line naming what is wrong)."""
 
 
 class BadOption(UsageError):
@@ -102,7 +105,7 @@ class ConnectionReset(TcpscapyError, ConnectionResetError):
 
 
 class UnknownHost(TcpscapyError):
-    """The host name does not resolve to an IPv4 address."""
+    """The host name does not resolve (to an address of the requested family)."""
 
     exit_code = 7
 
@@ -117,6 +120,15 @@ class AddressInUse(TcpscapyError, OSError):
     """The local port is taken (by a kernel socket, or by another of our connections)."""
 
     exit_code = 9
+
+
+class DestinationUnreachable(TcpscapyError, ConnectionError):
+    """A hard ICMP error answered our SYN: port or protocol unreachable, or
+    administratively prohibited (a firewall's reject). Soft ones (host or net
+    unreachable, time exceeded) never end a connection; they are named in the
+    time-out message instead."""
+
+    exit_code = 10
 
 
 class ConnectionClosed(TcpscapyError, BrokenPipeError):

@@ -1,7 +1,10 @@
 """Stacks joined by an in-memory link on a fake clock: tests, demos, benchmarks.
 
 Every segment a stack emits is logged and then delivered, dropped, duplicated
-or delayed according to seeded impairments, so a run replays exactly.
+or delayed according to seeded impairments, so a run replays exactly. With
+`mtu`, the link is a router whose next hop takes packets of at most that many
+bytes: a bigger one is dropped ("too big") and, with `icmp`, answered with an
+ICMP "fragmentation needed" from `router` (without: a PMTU black hole).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tcpscapy.core.connection import Connection
+from tcpscapy.core.icmp import DEST_UNREACHABLE, FRAG_NEEDED, IcmpError
+from tcpscapy.core.options import NO_OPTIONS, encode_options
 from tcpscapy.core.segment import CE, Segment
 from tcpscapy.core.stack import Stack
 from tcpscapy.core.state import State
@@ -33,7 +38,13 @@ class Impairment:
 class Delivery:
     time: float
     segment: Segment
-    fate: str  # "sent", "lost", "dropped" (by a test's filter), "duplicated"
+    fate: str  # "sent", "lost", "dropped" (by a test's filter), "duplicated", "too big"
+
+
+def ip_size(seg: Segment) -> int:
+    """The IPv4 packet's length for `seg` (20 + 20 + options + payload)."""
+    opts = 0 if seg.options is NO_OPTIONS else len(encode_options(seg.options))
+    return 40 + opts + len(seg.payload)
 
 
 @dataclass
@@ -62,10 +73,13 @@ class Network:
     drop: Filter | None = None  # a test's own say over single segments
     ce_mark: Filter | None = None  # segments a congested router marks CE (RFC 3168)
     on_step: Callable[[Network], None] | None = None  # e.g. an invariant check
+    mtu: int | None = None  # packets bigger than this do not pass (see the docstring)
+    icmp: bool = True  # answer them with "fragmentation needed"
+    router: str = "10.0.0.254"
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.impairment.seed)
-        self._queue: list[tuple[float, int, Segment]] = []
+        self._queue: list[tuple[float, int, Segment | IcmpError]] = []
         self._counter = 0
         self._follows: list[_Follow] = []
 
@@ -90,6 +104,13 @@ class Network:
         imp = self.impairment
         if self.drop is not None and self.drop(seg):
             return "dropped"
+        if self.mtu is not None and ip_size(seg) > self.mtu:
+            if self.icmp:
+                self._counter += 1
+                err = IcmpError(DEST_UNREACHABLE, FRAG_NEEDED, self.router, seg.src, seg.dst,
+                                seg.sport, seg.dport, seg.seq, self.mtu, ip_size(seg))
+                heapq.heappush(self._queue, (self.now + self.delay / 2, self._counter, err))
+            return "too big"
         if imp.loss and self._rng.random() < imp.loss:
             return "lost"
         if imp.duplicate and self._rng.random() < imp.duplicate:
@@ -104,9 +125,9 @@ class Network:
                 self.log.append(Delivery(self.now, seg, fate))
                 for f in self._follows:
                     if f.owns(seg):
-                        note = fate if fate in ("lost", "dropped") else ""
+                        note = fate if fate in ("lost", "dropped", "too big") else ""
                         f.trace.record_segment(self.now, "out", seg, note)
-                if fate in ("lost", "dropped"):
+                if fate in ("lost", "dropped", "too big"):
                     continue
                 if self.ce_mark is not None and seg.ecn and self.ce_mark(seg):
                     seg = seg._replace(ecn=CE)  # only ECN-capable packets are marked
@@ -141,6 +162,10 @@ class Network:
             self.now = max(self.now, nxt)
             while self._queue and self._queue[0][0] <= self.now:
                 _, _, seg = heapq.heappop(self._queue)
+                if isinstance(seg, IcmpError):
+                    if (icmp_to := self.hosts.get(seg.src)) is not None:
+                        icmp_to.receive_icmp(seg, self.now)
+                    continue
                 for f in self._follows:
                     if f.receives(seg):
                         f.trace.record_segment(self.now, "in", seg)

@@ -141,8 +141,12 @@ class Lesson:
         return bool(self.checks) and all(self.checks.values())
 
 
-def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None]) -> NoReturn:
-    """Build a lab, run the lesson in it, remove the lab, print RESULT, exit."""
+def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None], *,
+        make_lab: Callable[[str], Lab] = Lab) -> NoReturn:
+    """Build a lab, run the lesson in it, remove the lab, print RESULT, exit.
+
+    `make_lab(prefix)` builds another kind of lab (tcpscapy.routed.RoutedLab).
+    """
     if not netns.is_privileged():
         print(f"lab {number} needs root (network namespaces, raw sockets): run it as root",
               file=sys.stderr)
@@ -154,11 +158,12 @@ def run(number: int, title: str, lesson: Callable[[Lab, Lesson], None]) -> NoRet
     args = parser.parse_args()
     les = Lesson(number, title)
     try:
-        lab = Lab(f"{args.prefix}{secrets.token_hex(3)}")
+        lab = make_lab(f"{args.prefix}{secrets.token_hex(3)}")
     except LabUsageError as exc:
         parser.error(str(exc))
     print(f"Lab {number}: {title}")
-    print(f"(lab {lab.prefix}: client {CLIENT}, server {SERVER}, attacker {ATTACKER})")
+    print(f"(lab {lab.prefix}: client {lab.addr('client')}, server {lab.addr('server')}, "
+          f"attacker {lab.addr('attacker')})")
     started = time.monotonic()
     try:
         lab.up()

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from tcpscapy.bench import cost, engine, floor, impair, memory, profiling, syncookies, wire
+from tcpscapy.bench import (
+    cost,
+    engine,
+    floor,
+    impair,
+    memory,
+    pmtu,
+    profiling,
+    syncookies,
+    wire,
+)
 from tcpscapy.bench.peers import PeerError
 from tcpscapy.bench.wire import Figure, Wire
 from tcpscapy.errors import TcpscapyError
@@ -99,6 +109,8 @@ RATIOS: list[tuple[str, str, str, Target | None]] = [
     ("bulk receive: tcpscapy / kernel", wire.BULK_RECV, wire.BULK_KERNEL_RECV, None),
     ("impairment router: delivered / sent at 20k/s (1% lost on purpose)", impair.PACED,
      impair.OFFERED, Target(">=", 0.98, "≥ 0.98x")),
+    ("20 MB through a 1280-MTU router: tcpscapy / kernel (time)", pmtu.UP_TCPSCAPY,
+     pmtu.UP_KERNEL, Target("<=", 1.5, "≤ 1.5x")),
 ]
 
 
@@ -250,7 +262,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def all_figures(w: Wire, quick: bool) -> list[Figure]:
     return [*w.figures(), *cost.figures(w), *floor.FIGURES, *syncookies.FIGURES,
-            *memory.figures(w, quick=quick), *engine.FIGURES, *impair.FIGURES]
+            *memory.figures(w, quick=quick), *engine.FIGURES, *impair.FIGURES,
+            *pmtu.FIGURES]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ Exit codes:
   2  bad usage          7  unknown host
   3  connection refused 8  host unreachable (no route, no ARP answer)
   4  needs root         9  address in use
+                        10  ICMP port/protocol unreachable or prohibited
   130/143  stopped by SIGINT/SIGTERM"""
 
 DEFAULT_WIDTH = 120  # ladder width when stderr is not a terminal

@@ -376,7 +376,8 @@ class Server:
         with self.out.lock:
             return {"listen": f"{ip}:{port}", "connections": self.totals.connections,
                     "bytes_in": self.totals.bytes_in, "bytes_out": self.totals.bytes_out,
-                    "counters": dict(self.listener.engine.counters)}
+                    "counters": {**self.listener.engine.counters,
+                                 **self.listener.driver.icmp_counters}}
 
 
 def _due(s: Session, now: float) -> bool:

@@ -296,10 +296,14 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
         _write_svg(out, printer, svg_path, f"tcpscapy connect {host}:{port}", full=svg_full)
     if plot_path and printer.all is not None:
         write_plot(out, conn, printer.all, plot_path, f"tcpscapy connect {host}:{port}")
+    icmp = conn.driver.icmp_counters if conn is not None else {}
     if style == "json":
         out.json(type="summary", handshake_rtt=rtt, sent=client.sent, received=client.received,
                  state=str(conn.state) if conn else None,
-                 reason=conn.close_reason if conn else None, exit=client.code)
+                 reason=conn.close_reason if conn else None, exit=client.code,
+                 **({"icmp": icmp} if icmp else {}))
+    elif style == "ladder" and icmp:
+        out.line("ICMP: " + " ".join(f"{k.removeprefix('icmp_')}={v}" for k, v in icmp.items()))
     if signum is not None:
         reset = " (connection reset)" if conn is not None else ""
         out.error(f"stopped by {signal_name(signum)}{reset}", client.code)

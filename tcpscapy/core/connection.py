@@ -17,8 +17,10 @@ from . import events as ev
 from . import tfo
 from .config import Config
 from .errors import LocalProtocolError
+from .family import default_mss
 from .isn import initial_sequence_number, timestamp_offset
 from .options import NO_OPTIONS, Options
+from .path import PathMixin, PathState
 from .rcvbuf import RecvBuffer
 from .reassembly import Reassembly
 from .rtt import RttEstimator
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 _UNPREDICTED = SYN | FIN | RST | URG | ACK  # of these, only ACK may be set on the fast path
 _PREDICTABLE = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT})
-DEFAULT_MSS = 536  # RFC 9293 MUST-15: assumed when the peer sends no MSS option
+DEFAULT_MSS = 536  # RFC 9293 MUST-15 (IPv4); family.default_mss chooses per peer
 MAX_WSCALE = 14  # RFC 7323 §2.3
 SYNCHRONIZED_SENDING = frozenset(
     {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
@@ -58,7 +60,7 @@ def _application_call(method: Callable[Concatenate[Connection, P], R]
     return call
 
 
-class Connection(SenderMixin):
+class Connection(SenderMixin, PathMixin):
     """A TCP connection between `local` and `remote` (each (ip, port))."""
 
     # Slots: a connection costs about half the memory of one with a __dict__, which
@@ -69,7 +71,7 @@ class Connection(SenderMixin):
                  "_retries", "_rto_due", "_rtt_sent_at", "_rtt_seq", "_send_blocked", "_sendbuf",
                  "_state", "_time_wait_due", "_ts_offset", "_unacked_bytes", "_unread",
                  "close_cause", "close_reason", "config", "ecn_ok", "irs", "iss", "listener",
-                 "local", "max_snd_wnd", "on_activity", "passive", "rcv_adv", "rcv_nxt",
+                 "local", "max_snd_wnd", "on_activity", "passive", "path", "rcv_adv", "rcv_nxt",
                  "rcv_wscale", "remote", "rtt", "sack_ok", "snd_mss", "snd_nxt", "snd_una",
                  "snd_wl1", "snd_wl2", "snd_wnd", "snd_wscale", "tfo", "timer_scheduled", "ts_ok",
                  "ts_recent", "urgent", "ws_ok")
@@ -94,7 +96,7 @@ class Connection(SenderMixin):
         self.snd_una = self.snd_nxt = 0
         self.snd_wnd = self.max_snd_wnd = 0
         self.snd_wl1 = self.snd_wl2 = 0
-        self.snd_mss = DEFAULT_MSS
+        self.snd_mss = default_mss(remote[0])
         self.snd_wscale = 0
         self._sendbuf = SendBuffer(0, cfg.send_buffer)
         self._fin_queued = False
@@ -138,6 +140,7 @@ class Connection(SenderMixin):
         self._now = 0.0  # the latest `now` handed in, for timestamps on segments we build
         self.tfo: tfo.FastOpen | None = None  # the Fast Open exchange, if one was tried
         self.urgent = UrgentPointer()  # SND.UP / RCV.UP (urgent.py)
+        self.path: PathState | None = None  # ICMP and path MTU facts (path.py), once any
 
     # ------------------------------------------------------------------ state
 
@@ -157,6 +160,8 @@ class Connection(SenderMixin):
         if self._state is State.CLOSED:
             return
         self._set_state(State.CLOSED)
+        if cause == "timeout" and self.path is not None and self.path.last_icmp:
+            reason += f" (last ICMP: {self.path.last_icmp})"
         self.close_reason = reason
         self.close_cause = cause
         self._rto_due = self._ack_due = self._time_wait_due = None
@@ -200,7 +205,8 @@ class Connection(SenderMixin):
         if data:
             self._sendbuf.append(data)
         if tfo_cookie is not None:
-            room = tfo.syn_data_room(tfo_mss or DEFAULT_MSS, self.config.mss) if tfo_cookie else 0
+            server_mss = tfo_mss or default_mss(self.remote[0])
+            room = tfo.syn_data_room(server_mss, self.config.mss) if tfo_cookie else 0
             self.tfo = tfo.FastOpen(tfo_experimental, cookie_sent=tfo_cookie,
                                     syn_data=min(len(self._sendbuf), room))
         self._set_state(State.SYN_SENT)
@@ -670,7 +676,8 @@ class Connection(SenderMixin):
     def _negotiate(self, opts: Options) -> None:
         """Settle the options from the peer's SYN: each holds only if both sides sent it."""
         cfg = self.config
-        self.snd_mss = max(min(opts.mss if opts.mss is not None else DEFAULT_MSS, cfg.mss), 64)
+        peer_mss = opts.mss if opts.mss is not None else default_mss(self.remote[0])
+        self.snd_mss = max(min(peer_mss, cfg.mss), 64)
         self.ws_ok = cfg.wscale is not None and opts.wscale is not None
         self.snd_wscale = min(opts.wscale or 0, MAX_WSCALE) if self.ws_ok else 0
         self.rcv_wscale = self._our_wscale() if self.ws_ok else 0
@@ -678,6 +685,7 @@ class Connection(SenderMixin):
         self.ts_ok = cfg.timestamps and opts.timestamps is not None
         if self.ts_ok and opts.timestamps is not None:
             self.ts_recent = opts.timestamps[0]
+        self._path_clamp()
 
     def _syn_options(self) -> Options:
         """A SYN offers everything configured; a SYN-ACK only what the peer's SYN agreed."""
@@ -717,7 +725,7 @@ class Connection(SenderMixin):
         if fo is None:
             return  # an unsolicited cookie is ignored (Linux)
         self.snd_nxt = seg.ack  # SYN data it did not acknowledge is sent after the handshake
-        mss = seg.options.mss if seg.options.mss is not None else DEFAULT_MSS
+        mss = seg.options.mss if seg.options.mss is not None else default_mss(seg.src)
         self._events.extend(fo.on_synack(seg.options, seq_diff(seg.ack, seq_add(self.iss, 1)),
                                          mss, syn_retransmitted=self._retries > 0))
 
@@ -832,6 +840,8 @@ class Connection(SenderMixin):
     def segments_to_send(self, now: float) -> list[Segment]:
         """Everything due now: answers, data the windows allow, FIN, a pending ACK."""
         self._now = now
+        if self.path is not None:
+            self._path_tick(now)
         if self._state in SYNCHRONIZED_SENDING or self.tfo_pending:
             self._send_data(now)
         if self._ack_now and self._state not in (State.CLOSED, State.SYN_SENT, State.LISTEN):

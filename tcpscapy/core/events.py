@@ -52,7 +52,8 @@ class Closed(Event):
     Causes: "closed" (both FINs done, or TIME-WAIT over), "reset" (RST from the
     peer), "refused" (RST to our SYN), "timeout" (retransmissions exhausted),
     "user-timeout", "keepalive" (probes unanswered), "aborted" (our abort(), or
-    close() before the handshake completed).
+    close() before the handshake completed), "unreachable" (a hard ICMP error
+    answered our SYN: port or protocol unreachable, administratively prohibited).
     """
 
     reason: str
@@ -89,3 +90,27 @@ class UrgentData(Event):
     themselves arrive in order with the rest (DataReceived), as with SO_OOBINLINE."""
 
     end: int
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpReceived(Event):
+    """An ICMP error about this connection passed the RFC 5927 checks.
+
+    `text` says what and from whom ("ICMP host unreachable from 10.0.0.1");
+    `kind` is "soft", "hard" or "pmtu" (see core/icmp.py). A soft error never
+    ends the connection; a hard one ends it only in SYN-SENT (then Closed
+    follows, cause "unreachable").
+    """
+
+    text: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuChanged(Event):
+    """The send MSS changed for the path: ICMP "fragmentation needed", a black
+    hole suspected after repeated timeouts, or a later try of the full size."""
+
+    old_mss: int
+    new_mss: int
+    reason: str

@@ -306,6 +306,7 @@ class SenderMixin:
         self._dupacks = 0
         self._force_retransmit = True
         self._tlp_due = self._tlp_end = None
+        self._path_on_rto(now)  # a black hole eating full-size segments? (path.py)
 
     def _sender_deadline(self: Connection) -> float | None:
         """The soonest of the sender's timers (asked after every segment: no lists)."""

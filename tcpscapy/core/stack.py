@@ -8,6 +8,8 @@ from collections import deque
 from .config import Config
 from .connection import Connection
 from .errors import LocalProtocolError
+from .icmp import IcmpError
+from .pmtu import PathMtuCache
 from .segment import ACK, RST, SYN, Segment
 from .seq import seq_add, seq_gt
 from .state import State
@@ -17,6 +19,8 @@ Address = tuple[str, int]
 FourTuple = tuple[str, int, str, int]  # local ip, local port, remote ip, remote port
 ANY = "0.0.0.0"
 SYNCOOKIE_MODES = ("never", "auto", "always")
+ICMP_COUNTERS = ("icmp_received", "icmp_accepted", "icmp_no_connection", "icmp_out_of_window",
+                 "icmp_ignored", "icmp_mtu_ignored")
 
 
 def reset_for(seg: Segment) -> Segment | None:
@@ -132,6 +136,7 @@ class Listener:
         pending = sum(c.tfo_pending for c in (*self._handshaking, *self._ready))
         tfo_allowed = pending < self.config.tfo_max_pending
         conn.accept_syn(seg, now, tfo_allowed=tfo_allowed)
+        conn.use_path_mtu(self.stack.pmtu.lookup(conn.remote[0], now))
         self._count_fast_open(conn, seg, tfo_allowed)
         if conn.tfo_pending:
             self._ready.append(conn)  # as Linux: accept() it at once and read the SYN's data
@@ -177,6 +182,7 @@ class Listener:
         conn.listener = self
         conn.accept_cookie_ack(seg, now, iss=seq_add(seg.ack, -1), mss=found.mss,
                                peer_wscale=found.wscale, sack=found.sack, ecn=found.ecn)
+        conn.use_path_mtu(self.stack.pmtu.lookup(conn.remote[0], now))
         self.stack._add(conn)  # even if already closed: its answer still goes out
         self._handshaking.add(conn)
         self._progress(conn)
@@ -224,6 +230,8 @@ class Stack:
         self._timers: list[tuple[float, int, Connection]] = []
         self._timer_seq = 0
         self.resets_sent = 0
+        self.pmtu = PathMtuCache()  # path MTUs learnt from ICMP, shared by connections
+        self.icmp_counters = dict.fromkeys(ICMP_COUNTERS, 0)
 
     # ------------------------------------------------------------ app side
 
@@ -247,6 +255,7 @@ class Stack:
                 f"({self._conns[key].state})")
         conn = Connection(local, remote, config or self.config)
         self._add(conn)
+        conn.use_path_mtu(self.pmtu.lookup(remote[0], now))
         conn.connect(now, data=data, tfo_cookie=tfo_cookie, tfo_experimental=tfo_experimental,
                      tfo_mss=tfo_mss)
         return conn
@@ -282,6 +291,25 @@ class Stack:
             listener.receive(seg, now)
         else:
             self._reply_reset(seg)
+
+    def receive_icmp(self, err: IcmpError, now: float) -> str:
+        """An ICMP error quoting a segment (see core/icmp.py, core/path.py).
+
+        Returns "" if it counted for the connection with the quoted 4-tuple,
+        else why it was dropped, which is also the name of the counter in
+        `icmp_counters` it went to: no such connection, a sequence number
+        outside SND.UNA..SND.NXT (RFC 5927), nothing to act on.
+        """
+        counters = self.icmp_counters
+        counters["icmp_received"] += 1
+        conn = self._conns.get((err.src, err.sport, err.dst, err.dport))
+        if conn is None:
+            why = "icmp_no_connection"
+        else:
+            self._dirty[conn] = None  # it may have events, a close or segments to resend
+            why = conn.receive_icmp(err, now, self.pmtu)
+        counters[why or "icmp_accepted"] += 1
+        return why
 
     @staticmethod
     def _may_reuse_time_wait(conn: Connection, seg: Segment) -> bool:

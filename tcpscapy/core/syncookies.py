@@ -7,10 +7,14 @@ when the client's ACK comes back, so a SYN costs no memory:
 
 H0 and H1 are SipHash-2-4 under two 128-bit keys, truncated to 32 bits, of
 saddr ‖ daddr ‖ sport ‖ dport ‖ count (4 + 4 + 2 + 2 + 4 bytes, network byte
-order; the 4-tuple is the client's SYN's: saddr/sport is the client). `count`
+order; the 4-tuple is the client's SYN's: saddr/sport is the client). Over
+IPv6 (net/ipv6/syncookies.c) the hashed bytes are saddr ‖ daddr ‖ count ‖
+sport ‖ dport (16 + 16 + 4 + 2 + 2; count in the host's order, which is
+little-endian on the x86 and arm64 machines Linux runs on). `count`
 is minutes of `now`; a cookie is accepted while the current count is at most
-MAX_AGE - 1 past the one it was made with. mss_index points into the IPv4 MSS
-table. With timestamps, the low 6 bits of the SYN-ACK's TSval (taken before
+MAX_AGE - 1 past the one it was made with. mss_index points into the MSS
+table of the family: IPv4's, or IPv6's of link MTUs less 60. With
+timestamps, the low 6 bits of the SYN-ACK's TSval (taken before
 the per-connection offset is added, as Linux does) carry the client's window
 scale (4 bits, 0xF = none), SACK (bit 4) and ECN (bit 5); the ACK echoes them
 in TSecr. Without timestamps a cookie connection has no window scaling and no
@@ -36,13 +40,15 @@ from functools import lru_cache
 from siphashc import siphash
 
 from .config import Config
-from .connection import DEFAULT_MSS, MAX_WSCALE
+from .connection import MAX_WSCALE
+from .family import default_mss
 from .isn import timestamp_offset
 from .options import Options
 from .segment import ACK, CWR, ECE, SYN, Segment
 from .seq import MASK, seq_add
 
 MSS_TABLE = (536, 1300, 1440, 1460)  # Linux msstab for IPv4 (1440: PPPoE)
+MSS_TABLE6 = (1280 - 60, 1480 - 60, 1500 - 60, 9000 - 60)  # Linux msstab for IPv6
 COOKIE_BITS = 24
 COOKIE_MASK = (1 << COOKIE_BITS) - 1
 PERIOD = 60.0  # seconds per count (Linux: one minute)
@@ -58,6 +64,8 @@ TS_ECN = 1 << 5
 
 _TUPLE = struct.Struct("!4s4sHH")
 _COUNT = struct.Struct("!I")
+_COUNT6 = struct.Struct("<I")  # Linux's IPv6 hash takes the count as a host-order u32
+_V6_TUPLE_LEN = 36
 
 
 # ------------------------------------------------------------------ the hash
@@ -92,7 +100,9 @@ def tuple_bytes(saddr: str, daddr: str, sport: int, dport: int) -> bytes:
 
 
 def cookie_hash(key: bytes, four_tuple: bytes, count: int) -> int:
-    """H(4-tuple, count): SipHash-2-4, the low 32 bits."""
+    """H(4-tuple, count): SipHash-2-4, the low 32 bits, in each family's layout."""
+    if len(four_tuple) == _V6_TUPLE_LEN:
+        return siphash(key, four_tuple[:32] + _COUNT6.pack(count & MASK) + four_tuple[32:]) & MASK
     return siphash(key, four_tuple + _COUNT.pack(count & MASK)) & MASK
 
 
@@ -101,10 +111,15 @@ def cookie_count(now: float) -> int:
     return int(now // PERIOD)
 
 
-def mss_index(mss: int) -> int:
+def mss_table(client: str) -> tuple[int, ...]:
+    """The MSS table of `client`'s address family."""
+    return MSS_TABLE6 if ":" in client else MSS_TABLE
+
+
+def mss_index(mss: int, table: tuple[int, ...] = MSS_TABLE) -> int:
     """The largest table entry not above `mss` (the smallest if none is)."""
-    for index in range(len(MSS_TABLE) - 1, 0, -1):
-        if mss >= MSS_TABLE[index]:
+    for index in range(len(table) - 1, 0, -1):
+        if mss >= table[index]:
             return index
     return 0
 
@@ -126,7 +141,7 @@ def check_cookie(keys: tuple[bytes, bytes], four_tuple: bytes, cookie: int, clie
     if age >= MAX_AGE:
         return None
     index = (rest - cookie_hash(h1, four_tuple, count - age)) & COOKIE_MASK
-    return index if index < len(MSS_TABLE) else None
+    return index if index < len(MSS_TABLE) else None  # both tables have 4 entries
 
 
 # ------------------------------------------------------------- the timestamp
@@ -197,7 +212,8 @@ class SynCookies:
         cfg = self.config
         src, dst, sport, dport, seq, _, _, _, opts = syn[:9]
         four_tuple = tuple_bytes(src, dst, sport, dport)
-        index = mss_index(opts.mss if opts.mss is not None else DEFAULT_MSS)
+        index = mss_index(opts.mss if opts.mss is not None else default_mss(src),
+                          mss_table(src))
         iss = make_cookie(self.keys(now), four_tuple, seq, cookie_count(now), index)
         stamps = opts.timestamps
         # ECN as Connection.accept_syn agrees it; without timestamps there is nowhere to
@@ -231,7 +247,7 @@ class SynCookies:
                 break
         if index is None:
             return None
-        mss = MSS_TABLE[index]
+        mss = mss_table(ack.src)[index]
         ts = ack.options.timestamps
         if ts is None:
             return CookieOptions(mss, None, False, False)

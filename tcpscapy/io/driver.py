@@ -60,7 +60,7 @@ from tcpscapy.core.errors import LocalProtocolError
 from tcpscapy.core.segment import Segment
 from tcpscapy.core.stack import ANY, Listener, Stack
 from tcpscapy.core.state import State
-from tcpscapy.io import codec, plumbing
+from tcpscapy.io import codec, icmp_codec, plumbing
 from tcpscapy.io.plumbing import (
     GuardFactory,
     GuardLike,
@@ -180,6 +180,7 @@ class Stats:
     received: int = 0  # segments handed to the engine
     foreign: int = 0  # valid TCP for an address/port we do not own: ignored
     undecodable: int = 0  # not IPv4/TCP, bad checksum, truncated
+    icmp_malformed: int = 0  # ICMP that is no usable error about a TCP segment
     sent: int = 0
     send_errors: int = 0
 
@@ -275,6 +276,12 @@ class Driver:
     def connections(self) -> list[Endpoint]:
         with self._lock:
             return list(self._eps.values())
+
+    @property
+    def icmp_counters(self) -> dict[str, int]:
+        """What became of the ICMP errors that came in (the non-zero counters only)."""
+        counters = {**self.stack.icmp_counters, "icmp_malformed": self.stats.icmp_malformed}
+        return {name: n for name, n in counters.items() if n}
 
     def is_ours(self, seg: Segment) -> bool:
         """True if the segment is addressed to a local (ip, port) we hold."""
@@ -562,7 +569,10 @@ class Driver:
                 for packet, skip_csum in batch:
                     seg = decode(packet, verify_checksum=not skip_csum)
                     if seg is None:
-                        stats.undecodable += 1
+                        if len(packet) > 9 and packet[9] == icmp_codec.IPPROTO_ICMP:
+                            self._receive_icmp(packet, now)
+                        else:
+                            stats.undecodable += 1
                         continue
                     if (seg.dst, seg.dport) not in ports and (ANY, seg.dport) not in ports:
                         stats.foreign += 1  # e.g. the kernel's own connections
@@ -582,6 +592,24 @@ class Driver:
                 if len(batch) < RECV_BATCH:
                     break
         return stats.received - fed
+
+    def _receive_icmp(self, packet: bytes, now: float) -> None:
+        """An ICMP error: the engine decides (core/path.py); the trace shows it either way."""
+        err = icmp_codec.decode_icmp(packet)
+        if isinstance(err, str):
+            self.stats.icmp_malformed += 1
+            return
+        ports = self._ports
+        if err is None or ((err.src, err.sport) not in ports and (ANY, err.sport) not in ports):
+            self.stats.foreign += 1  # no error, or about the kernel's own connections
+            return
+        why = self.stack.receive_icmp(err, now)
+        ep = self._eps.get((err.src, err.sport, err.dst, err.dport))
+        if ep is None:
+            return
+        if why and why != "icmp_mtu_ignored":  # (that one the engine explains in an event)
+            ep.trace.record_segment(now, "in", None, f"{err}: dropped ({why})")
+        self._dispatch(ep, now)
 
     def _adopt_passive(self, conn: Connection, stale: Endpoint | None) -> Endpoint | None:
         """A connection the engine made from a SYN (possibly replacing a TIME-WAIT one)."""
@@ -626,6 +654,11 @@ class Driver:
             elif kind is ev.Reset:
                 ep.reset = True
                 ep.refused = event.refused  # type: ignore[attr-defined]
+            elif kind is ev.IcmpReceived:
+                ep.trace.record_segment(now, "in", None, event.text)  # type: ignore[attr-defined]
+            elif kind is ev.PathMtuChanged:
+                state = conn.state
+                ep.trace.record_state(now, state, state, note=_mss_note(event))  # type: ignore[arg-type]
             elif kind is ev.Closed and not ep.closed:
                 ep.closed = True
                 self._finished.append(ep)
@@ -1051,6 +1084,10 @@ class PortInUseError(OSError):
 
 def _wall_offset() -> float:
     return time.time() - time.monotonic()
+
+
+def _mss_note(event: ev.PathMtuChanged) -> str:
+    return f"MSS {event.old_mss} -> {event.new_mss}: {event.reason}"
 
 
 def _describe_raw(packet: bytes) -> tuple[Segment | None, str]:

@@ -96,6 +96,10 @@ def open_receivers(ip: str) -> list[LinkLike]:
                     links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr,
                                               dst_ip=addr, src_mac=None, dst_mac=None,
                                               next_hop=None, mark=DEFAULT_MARK))
+                elif not rawsock.link_header_len(sock):  # TUN-like: answers go by route
+                    links.append(rawsock.Link(rx=sock, tx=sock, iface=dev, src_ip=addr,
+                                              dst_ip=addr, src_mac="", dst_mac="",
+                                              next_hop=None, mark=DEFAULT_MARK))
                 else:
                     links.append(Receiver(sock, dev, addr))
     except PermissionError:

@@ -9,8 +9,13 @@
   kernel must route the packet to itself; those packets DO traverse OUTPUT, so they carry
   SO_MARK = `mark` and the RST guard excludes that mark. Receiving is AF_PACKET on `lo`.
 
-Receiving is filtered in the kernel (classic BPF: IPv4, TCP, destination = our address).
-Opening an AF_PACKET socket costs ~20 ms, which is why a Link is opened once and reused.
+Receiving is filtered in the kernel (classic BPF: IPv4, TCP or ICMP, destination = our
+address). Opening an AF_PACKET socket costs ~20 ms, which is why a Link is opened once
+and reused.
+
+Links with no link layer (TUN, WireGuard, PPP: ARPHRD_NONE and kin) carry bare IP
+packets on their AF_PACKET sockets: no Ethernet header to add or strip, no ARP,
+no offload (its virtio header describes an Ethernet frame).
 
 Offload (remote peers only): a second, send-only AF_PACKET socket with PACKET_VNET_HDR
 prefixes each frame with a virtio_net_hdr, as a virtual NIC would hand the kernel its
@@ -45,6 +50,11 @@ DEFAULT_MARK = 0x7C5
 
 ETH_P_IP = 0x0800
 ETH_HLEN = 14
+# Hardware types whose frames are bare network-layer packets (if_arp.h):
+# ARPHRD_PPP, ARPHRD_RAWIP, ARPHRD_NONE (TUN, WireGuard).
+NO_LINK_LAYER = frozenset({512, 519, 0xFFFE})
+_SKF_AD_PROTOCOL = 0xFFFFF000  # SKF_AD_OFF + SKF_AD_PROTOCOL: ntohs(skb->protocol)
+_SKF_NET_OFF = 0xFFF00000  # -0x100000: offsets from the network header, any link layer
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
 PACKET_OUTGOING = 4
@@ -106,14 +116,21 @@ class Received(NamedTuple):
 
 
 def tcp_dst_filter(dst_ip: str) -> bytes:
-    """Classic BPF for Ethernet frames: `ip and tcp and dst host DST_IP`."""
+    """Classic BPF: `ip and (tcp or icmp) and dst host DST_IP`, for any link layer.
+
+    ICMP comes in for its errors about our segments (core/icmp.py). Offsets
+    count from the network header (SKF_NET_OFF) and the EtherType is the
+    packet's protocol as the kernel knows it, so one program serves Ethernet
+    frames and the bare IP packets of a TUN device.
+    """
     dst = struct.unpack("!I", socket.inet_aton(dst_ip))[0]
     program = [
-        (0x28, 0, 0, 12),  # ldh [12]             EtherType
-        (0x15, 0, 5, ETH_P_IP),  # jeq IPv4, else drop
-        (0x30, 0, 0, ETH_HLEN + 9),  # ldb [23]   IP protocol
-        (0x15, 0, 3, socket.IPPROTO_TCP),  # jeq TCP, else drop
-        (0x20, 0, 0, ETH_HLEN + 16),  # ld [30]   IP destination
+        (0x20, 0, 0, _SKF_AD_PROTOCOL),  # ld #proto             EtherType
+        (0x15, 0, 6, ETH_P_IP),  # jeq IPv4, else drop
+        (0x30, 0, 0, _SKF_NET_OFF + 9),  # ldb [net + 9]    IP protocol
+        (0x15, 1, 0, socket.IPPROTO_TCP),  # jeq TCP: on
+        (0x15, 0, 3, socket.IPPROTO_ICMP),  # jeq ICMP: on, else drop
+        (0x20, 0, 0, _SKF_NET_OFF + 16),  # ld [net + 16]   IP destination
         (0x15, 0, 1, dst),  # jeq DST_IP, else drop
         (0x06, 0, 0, RECV_BUFFER),  # ret: keep up to RECV_BUFFER bytes
         (0x06, 0, 0, 0),  # ret 0: drop
@@ -238,6 +255,7 @@ class Link:
         self.next_hop = next_hop
         self.mark = mark
         self.truncated = 0  # packets dropped because they did not fit RECV_BUFFER
+        self._l2 = link_header_len(rx)
         self._rx = rx
         self._tx = tx
         self._buf = bytearray(RECV_BUFFER)
@@ -364,6 +382,7 @@ class Link:
         """
         out: list[Received] = []
         recvmsg_into, bufs, buf, view = self._rx.recvmsg_into, [self._view], self._buf, self._view
+        l2 = self._l2
         while len(out) < max_n:
             try:
                 n, ancdata, flags, addr = recvmsg_into(bufs, _ANCBUF)
@@ -378,10 +397,10 @@ class Link:
             for level, kind, data in ancdata:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status = _AUXDATA.unpack_from(data)[0]
-            end = ETH_HLEN + (buf[ETH_HLEN + 2] << 8 | buf[ETH_HLEN + 3]) if n >= 18 else n
-            if not ETH_HLEN + 20 <= end < n:  # cut Ethernet padding; 0 = giant GSO packet
+            end = l2 + (buf[l2 + 2] << 8 | buf[l2 + 3]) if n >= l2 + 4 else n
+            if not l2 + 20 <= end < n:  # cut Ethernet padding; 0 = giant GSO packet
                 end = n
-            out.append(Received(bytes(view[ETH_HLEN:end]),
+            out.append(Received(bytes(view[l2:end]),
                                 bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))))
         return out
 
@@ -453,9 +472,12 @@ def open_link(
         sock = _packet_socket(route_iface, src)
     except PermissionError:
         raise LinkNeedsRoot("raw sockets need root (CAP_NET_RAW and CAP_NET_ADMIN)") from None
+    next_hop = gateway if gateway != "0.0.0.0" else dst
+    if not link_header_len(sock):  # a TUN-like device: no addresses, no ARP, no offload
+        return Link(rx=sock, tx=sock, iface=route_iface, src_ip=src, dst_ip=dst, src_mac="",
+                    dst_mac="", next_hop=next_hop, mark=mark, ring=True)
     try:
         src_mac = ":".join(f"{b:02x}" for b in sock.getsockname()[4])
-        next_hop = gateway if gateway != "0.0.0.0" else dst
         dst_mac = _next_hop_mac(route_iface, src_mac, next_hop)
     except BaseException:
         sock.close()
@@ -463,6 +485,16 @@ def open_link(
     return Link(rx=sock, tx=sock, iface=route_iface, src_ip=src, dst_ip=dst, src_mac=src_mac,
                 dst_mac=dst_mac, next_hop=next_hop, mark=mark,
                 offload_tx=_offload_socket(route_iface) if offload else None, ring=True)
+
+
+def link_header_len(sock: object) -> int:
+    """Bytes of link-layer header before the IP packet on a packet socket: 14 for
+    Ethernet (and lo), 0 on a device without one (NO_LINK_LAYER)."""
+    try:
+        hatype = sock.getsockname()[3]  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return ETH_HLEN  # not a bound packet socket (a wrapper, a test's fake)
+    return 0 if hatype in NO_LINK_LAYER else ETH_HLEN
 
 
 def _ipv4(text: str, what: str) -> str:

@@ -94,6 +94,16 @@ LESSONS: dict[str, list[str]] = {
         "the connection survived the in-window RST",
         "the exact RST reset the victim's connection",
     ],
+    "11_path_mtu.py": [
+        "the router answered with ICMP fragmentation needed (mtu 1280)",
+        "tcpscapy lowered its MSS from 1460 to 1240",
+        "the lost data went again at the new size before any timeout (RTO 1 s)",
+        "the next connection starts at 1240 (cached): no ICMP this time",
+        "a Linux client with tcp_mtu_probing=0 hangs: its 1448-byte segments vanish",
+        "tcpscapy suspected a black hole after two timeouts and stepped down to 1160",
+        "tcpscapy's 300000 bytes all arrived through the black hole",
+        "with tcp_mtu_probing=1 the kernel finds its way too",
+    ],
 }
 
 

@@ -56,9 +56,8 @@ class CongestionControl:
         return None
 
     def set_mss(self, mss: int) -> None:
-        """The MSS changed (path MTU): keep the window's size in segments."""
-        if mss > 0 and mss != self.mss:
-            self.cwnd = max(self.cwnd * mss // self.mss, 2 * mss)
+        """The MSS changed (path MTU): the window keeps its bytes (the path did not congest)."""
+        if mss > 0:
             self.mss = mss
 
     def on_ack(self, ack: AckSample) -> None:
