@@ -2,7 +2,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT    := iptables ipset libnetfilter-queue-dev iproute2 curl kmod ethtool libpcap0.8 tcpdump librsvg2-bin netbase
+APT    := iptables ipset conntrack libnetfilter-queue-dev iproute2 curl kmod ethtool libpcap0.8 tcpdump librsvg2-bin netbase
 
 .PHONY: test demo labs bench lint deps clean
 

@@ -104,6 +104,15 @@ LESSONS: dict[str, list[str]] = {
         "tcpscapy's 300000 bytes all arrived through the black hole",
         "with tcp_mtu_probing=1 the kernel finds its way too",
     ],
+    "12_behind_nat.py": [
+        "the client's ladder shows its own address and port",
+        "the server sees the router's address, not the client's",
+        "NAT left the sequence numbers alone: the same ISN on both sides",
+        "conntrack maps 10.78.1.2:40000 to 10.78.2.1:40000",
+        "the client still sees its own port",
+        "the server sees the router's address and another port",
+        "conntrack maps the client's port to the port the server sees",
+    ],
 }
 
 
