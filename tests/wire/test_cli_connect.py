@@ -211,9 +211,11 @@ def test_silent_host_times_out_with_exit_5_after_the_retries(net: Lab) -> None:
     assert [s["flags"] for s in syns] == ["S", "S", "S"]  # 1 + 2 retransmissions
     assert objs[-1]["type"] == "error"
     assert "no answer to the SYN after 2 retransmissions" in objs[-1]["message"]
-    # --rto 0.2 took effect: the first retransmission came after 0.2 s, not the default
+    # --rto 0.2 took effect: the first retransmission came after ~0.2 s, not the default
     # 1 s (the engine's own times: the process start-up, seconds under load, is not in it).
-    assert 0.2 <= syns[1]["t"] - syns[0]["t"] < 1.0
+    # The trace stamps a segment as it goes out, a little after the timer was armed, so the
+    # gap can read a hair under 0.2 s (0.19988 s seen under a CPU hog).
+    assert 0.15 <= syns[1]["t"] - syns[0]["t"] < 1.0
 
 
 def test_user_timeout_ends_a_connection_whose_peer_went_silent(net: Lab) -> None:
