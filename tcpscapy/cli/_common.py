@@ -418,12 +418,6 @@ def check_writable(path: str) -> None:
 # -- signals -----------------------------------------------------------------------------
 
 
-class _Interrupted(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -443,31 +437,35 @@ def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-def wait_or_signal(done: threading.Event) -> int | None:
-    """Wait on the main thread until `done` is set, or SIGINT/SIGTERM arrives.
+STOP_POLL = 0.1  # seconds: how soon the main thread sees a caught stop signal
 
-    Returns the signal number, or None. The main thread does nothing but wait
-    here, so the signal never lands inside the driver's loop (which runs on
-    worker threads); later signals are ignored while the caller stops.
+
+def catch_stop_signals() -> Callable[[threading.Event], int | None]:
+    """From now on, SIGINT/SIGTERM are caught; returns `wait(done)` for the main thread.
+
+    Call it before anything a signal should not cut short (announcing, starting the
+    workers): the handlers only note the first signal, so a signal that lands while
+    they are installed, or before the main thread reaches its wait, is never lost and
+    never raises in the middle of other work. `wait(done)` returns that signal's
+    number, or None once `done` is set; later signals are ignored while the caller
+    stops.
     """
     caught: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         if not caught:
             caught.append(signum)
-            raise _Interrupted(signum)
 
     for signum in _STOP_SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, handler)
-    try:
-        while not done.wait(0.5):
+
+    def wait(done: threading.Event) -> int | None:
+        while not caught and not done.wait(STOP_POLL):
             pass
-    except _Interrupted as exc:
-        return exc.signum
-    finally:
-        caught.append(0)  # from here on the handler does nothing
-    return None
+        return caught[0] if caught else None
+
+    return wait
 
 
 def signal_name(signum: int) -> str:

@@ -28,6 +28,7 @@ from tcpscapy.cli._common import (
     LivePrinter,
     Output,
     Style,
+    catch_stop_signals,
     check_writable,
     engine_option_flags,
     engine_options,
@@ -36,7 +37,6 @@ from tcpscapy.cli._common import (
     signal_name,
     start_worker,
     unescape,
-    wait_or_signal,
 )
 from tcpscapy.cli._plot import check_plot_path, write_plot
 from tcpscapy.cli._streams import reopen_closed
@@ -282,8 +282,9 @@ def connect(target: str, port_arg: str | None, send_text: str | None, no_fin: bo
                           time_offset=time.time() - time.monotonic())
     options["lab_check"] = False  # checked above, before anything else happened
     client = Client(host, port, options, data, printer, timeout, no_fin=no_fin)
+    wait = catch_stop_signals()  # before the worker starts: no signal is lost or raised
     start_worker(client.run, "tcpscapy-connect")
-    signum = wait_or_signal(client.done)
+    signum = wait(client.done)
     if signum is not None:
         client.stop(signum)
     rtt = printer.finish()

@@ -32,13 +32,13 @@ from tcpscapy.cli._common import (
     Command,
     Output,
     Style,
+    catch_stop_signals,
     check_writable,
     engine_option_flags,
     engine_options,
     parse_address,
     require_net_admin,
     signal_name,
-    wait_or_signal,
 )
 from tcpscapy.cli._server import Server, Service, discard, echo, first_line, http, send_file
 from tcpscapy.cli._server import svg_path_for as svg_path_for  # where tests and users look
@@ -221,7 +221,8 @@ def listen(target: str, echo_flag: bool, discard_flag: bool, file: str | None,
         out.note(f"listening on {ip}:{bound} ({mode})", type="listening",
                  listen=f"{ip}:{bound}", port=bound, mode=mode)
 
-    server, signum = _serve(listener, plan, out, pcap_path, announce, wait_or_signal)
+    wait = catch_stop_signals()  # before announcing: a stop signal is never lost or raised
+    server, signum = _serve(listener, plan, out, pcap_path, announce, wait)
     print_summary(out, server.report())
     if signum is not None:
         out.error(f"stopped by {signal_name(signum)}", 128 + signum)
